@@ -1,0 +1,224 @@
+"""The vector-space specification: `embedding_backfills.yaml`, validated on load.
+
+One file describes every space to build. Validation happens once, here, so that every
+later step can trust the spec; errors name the offending key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+CONFIG_ENV = "EMBEDDING_BACKFILLS_CONFIG"
+DEFAULT_CONFIG_NAME = "embedding_backfills.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# PostgreSQL truncates identifiers at 63 bytes; a longer name would silently alias another.
+_MAX_IDENT = 63
+
+
+def _check_identifier(value: str, what: str) -> str:
+    if not value or len(value.encode()) > _MAX_IDENT or "\x00" in value:
+        raise ValueError(f"{what} must be a non-empty PostgreSQL identifier of at most 63 bytes")
+    return value
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise: `partiton_size` must not be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Which model writes the space, and how to reach it."""
+
+    provider: Literal["sentence-transformers", "openai", "hash"]
+    name: str = Field(
+        min_length=1, description="Model id, or a local path for sentence-transformers"
+    )
+    dimensions: int = Field(gt=0, le=16000, description="Dimension of the stored vectors")
+    normalize: bool = True
+    revision: str | None = Field(default=None, description="Model revision, when known")
+    device: str = Field(default="cpu", description="sentence-transformers device: cpu, cuda, ...")
+    max_input_tokens: int | None = Field(
+        default=None, gt=0, description="Truncate longer inputs; defaults to the model's limit"
+    )
+    # openai provider
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    send_dimensions: Literal["auto", "always", "never"] = "auto"
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    max_inputs_per_request: int = Field(default=2048, gt=0, le=2048)
+    max_tokens_per_request: int = Field(default=300_000, gt=0)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name_not_key(cls, value: str) -> str:
+        # A pasted key here would end up in logs and metadata; the spec holds only the name.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) or value.startswith("sk-"):
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                "never the key itself"
+            )
+        return value
+
+
+class IndexConfig(_Strict):
+    """HNSW index parameters, applied once the space is checked."""
+
+    opclass: Literal["vector_cosine_ops", "vector_l2_ops", "vector_ip_ops", "vector_l1_ops"] = (
+        "vector_cosine_ops"
+    )
+    m: int = Field(default=16, ge=2, le=100)
+    ef_construction: int = Field(default=64, ge=4, le=1000)
+
+
+class SpaceConfig(_Strict):
+    """One vector space: a table, a model, and the new column the model writes."""
+
+    name: str
+    table: str
+    id_column: str = "id"
+    text_column: str | None = None
+    text_sql: str | None = Field(
+        default=None,
+        description="SQL expression over the table's columns; trusted configuration, like a view",
+    )
+    target_column: str
+    model: ModelConfig
+    batch_size: int = Field(default=128, gt=0, le=10_000)
+    partition_size: int = Field(default=100_000, gt=0)
+    partitions_per_run: int = Field(
+        default=10, gt=0, le=1000, description="Partitions grouped into one run by a backfill"
+    )
+    index: IndexConfig = IndexConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _NAME_RE.fullmatch(value) or len(value) > 48:
+            raise ValueError(
+                "name must match [a-z][a-z0-9_]* (at most 48 characters), e.g. docs_minilm; "
+                "it prefixes the space's asset keys"
+            )
+        return value
+
+    @field_validator("id_column", "target_column", "text_column")
+    @classmethod
+    def _ident(cls, value: str | None) -> str | None:
+        return None if value is None else _check_identifier(value, "column names")
+
+    @field_validator("table")
+    @classmethod
+    def _table_shape(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2:
+            raise ValueError("table must be `table` or `schema.table`")
+        for part in parts:
+            _check_identifier(part, "table and schema names")
+        return value
+
+    @model_validator(mode="after")
+    def _text_source(self) -> SpaceConfig:
+        if (self.text_column is None) == (self.text_sql is None):
+            raise ValueError("set exactly one of text_column or text_sql")
+        if self.target_column in {self.id_column, self.text_column}:
+            raise ValueError("target_column must be a new column, not the id or text column")
+        if len(self.model_key_column.encode()) > _MAX_IDENT:
+            raise ValueError(
+                "target_column is too long: its provenance columns "
+                f"({self.text_hash_column}, {self.model_key_column}) exceed 63 bytes"
+            )
+        return self
+
+    # Per-row provenance lives next to the vector, written by the same UPDATE, so a vector
+    # and the record of what produced it can never disagree.
+    @property
+    def text_hash_column(self) -> str:
+        """sha256 of the text the vector was computed from (drift without re-embedding)."""
+        return f"{self.target_column}_text_hash"
+
+    @property
+    def model_key_column(self) -> str:
+        """The 64-bit key of the model identity that wrote the vector."""
+        return f"{self.target_column}_model_key"
+
+    @property
+    def schema_name(self) -> str:
+        return self.table.split(".")[0] if "." in self.table else "public"
+
+    @property
+    def table_name(self) -> str:
+        return self.table.split(".")[-1]
+
+
+class ProjectConfig(_Strict):
+    spaces: list[SpaceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ProjectConfig:
+        names = [s.name for s in self.spaces]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"space names must be unique; repeated: {', '.join(dupes)}")
+        targets = [(s.schema_name, s.table_name, s.target_column) for s in self.spaces]
+        if len(set(targets)) != len(targets):
+            raise ValueError("two spaces write the same target column; give each its own column")
+        return self
+
+    def space(self, name: str) -> SpaceConfig:
+        for space in self.spaces:
+            if space.name == name:
+                return space
+        known = ", ".join(s.name for s in self.spaces)
+        raise ConfigError(f"no space named {name!r} in the configuration; known spaces: {known}")
+
+
+def config_path() -> Path:
+    """The config file in use: $EMBEDDING_BACKFILLS_CONFIG, else the repo root's file."""
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else PROJECT_ROOT / DEFAULT_CONFIG_NAME
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against the config reference in README.md"
+        elif item["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "<config>") -> ProjectConfig:
+    """Validate an already-parsed YAML document."""
+    try:
+        return ProjectConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
+    """Load and validate the spec; raise ConfigError naming the key and the fix."""
+    file = Path(path) if path is not None else config_path()
+    if not file.is_file():
+        raise ConfigError(
+            f"configuration file {file} not found; create it (see README.md, 'Configuration') "
+            f"or point {CONFIG_ENV} at it"
+        )
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file} is not valid YAML: {err}") from None
+    return parse_config(data, str(file))

@@ -1,0 +1,201 @@
+"""Read the catalog: does the database fit the space, before anything is written?
+
+Every check here is read-only and raises an error naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ..config import SpaceConfig
+from ..errors import DatabaseError, SpaceConflictError
+
+INTEGER_TYPES = {"int2": 5, "int4": 10, "int8": 19}  # type -> digits of its max value
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type_name: str  # pg_type.typname, e.g. int8, text, vector
+    formatted: str  # format_type(), e.g. vector(384)
+    typmod: int  # for vector: the declared dimension, -1 when unconstrained
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    valid: bool
+    method: str
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    oid: int
+    schema: str
+    name: str
+    id_column: ColumnInfo
+    target: ColumnInfo | None
+    provenance_present: bool
+
+    @property
+    def key_digits(self) -> int:
+        return INTEGER_TYPES[self.id_column.type_name]
+
+    @property
+    def qualified(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.name))
+
+
+def table_ident(space: SpaceConfig) -> sql.Composed:
+    return sql.SQL("{}.{}").format(
+        sql.Identifier(space.schema_name), sql.Identifier(space.table_name)
+    )
+
+
+def text_expression(space: SpaceConfig) -> sql.Composable:
+    """The text to embed, as SQL. `text_sql` is trusted configuration, like a view body."""
+    if space.text_sql is not None:
+        return sql.SQL("({})::text").format(sql.SQL(space.text_sql))  # type: ignore[arg-type]
+    return sql.SQL("{}::text").format(sql.Identifier(space.text_column))  # type: ignore[arg-type]
+
+
+def column_info(conn: psycopg.Connection, table_oid: int, column: str) -> ColumnInfo | None:
+    row = conn.execute(
+        "SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), a.atttypmod"
+        " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE a.attrelid = %s AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (table_oid, column),
+    ).fetchone()
+    return ColumnInfo(*row) if row else None
+
+
+def indexes_on_column(conn: psycopg.Connection, table_oid: int, column: str) -> list[IndexInfo]:
+    """Indexes that use the column, directly or in an expression (halfvec casts included)."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT ic.relname, i.indisvalid, am.amname
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = %(col)s
+        WHERE i.indrelid = %(oid)s
+          AND (a.attnum = ANY (i.indkey::int2[])
+               OR EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                            AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
+        ORDER BY 1
+        """,
+        {"col": column, "oid": table_oid},
+    ).fetchall()
+    return [IndexInfo(*r) for r in rows]
+
+
+def inspect_table(conn: psycopg.Connection, space: SpaceConfig) -> TableInfo:
+    """Validate table, key, text source and target column against the space; read-only."""
+    where = f"space {space.name!r}"
+    row = conn.execute(
+        "SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (space.schema_name, space.table_name),
+    ).fetchone()
+    if row is None:
+        raise DatabaseError(
+            f"{where}: table {space.schema_name}.{space.table_name} does not exist in this "
+            "database; check `table` (schema-qualify it if it is not in public) and DATABASE_URL"
+        )
+    oid, relkind = row
+    if relkind not in ("r", "p"):
+        raise DatabaseError(
+            f"{where}: {space.table} is not a table (relkind {relkind!r}); vectors are written "
+            "into a new column, which needs a plain or partitioned table"
+        )
+
+    id_col = column_info(conn, oid, space.id_column)
+    if id_col is None:
+        raise DatabaseError(
+            f"{where}: id_column {space.id_column!r} is not a column of {space.table}"
+        )
+    if id_col.type_name not in INTEGER_TYPES:
+        raise DatabaseError(
+            f"{where}: id_column {space.id_column!r} is {id_col.formatted}; partitions are ranges "
+            "of an integer key (smallint, integer or bigint). Add an integer identity column "
+            "and point id_column at it"
+        )
+    unique = conn.execute(
+        "SELECT 1 FROM pg_index i JOIN pg_attribute a"
+        " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = %s"
+        " AND i.indpred IS NULL",
+        (oid, space.id_column),
+    ).fetchone()
+    if not unique:
+        raise DatabaseError(
+            f"{where}: id_column {space.id_column!r} has no primary key or unique index; rows "
+            "are written by key, so the key must be unique: ALTER TABLE ... ADD PRIMARY KEY"
+        )
+
+    if space.text_column is not None:
+        if column_info(conn, oid, space.text_column) is None:
+            raise DatabaseError(
+                f"{where}: text_column {space.text_column!r} is not a column of {space.table}"
+            )
+    else:
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                # Parameters force the extended protocol: one statement, no stacked queries.
+                cur.execute(
+                    sql.SQL("SELECT {} FROM {} WHERE false AND %s").format(
+                        text_expression(space), table_ident(space)
+                    ),
+                    (True,),
+                )
+        except psycopg.Error as err:
+            raise DatabaseError(
+                f"{where}: text_sql is not a valid expression over {space.table}: "
+                f"{str(err).strip().splitlines()[0]}"
+            ) from None
+
+    target = column_info(conn, oid, space.target_column)
+    if target is not None:
+        check_target_column(space, target)
+    hash_col = column_info(conn, oid, space.text_hash_column)
+    key_col = column_info(conn, oid, space.model_key_column)
+    return TableInfo(
+        oid=oid,
+        schema=space.schema_name,
+        name=space.table_name,
+        id_column=id_col,
+        target=target,
+        provenance_present=hash_col is not None and key_col is not None,
+    )
+
+
+def check_target_column(space: SpaceConfig, target: ColumnInfo) -> None:
+    """A target column that exists must be exactly vector(dimensions)."""
+    dims = space.model.dimensions
+    if target.type_name != "vector":
+        raise SpaceConflictError(
+            f"space {space.name!r}: column {space.table}.{space.target_column} exists as "
+            f"{target.formatted}, not vector({dims}); choose a new target_column"
+        )
+    if target.typmod != dims:
+        declared = "no declared dimension" if target.typmod < 0 else f"vector({target.typmod})"
+        raise SpaceConflictError(
+            f"space {space.name!r}: column {space.table}.{space.target_column} is {declared} but "
+            f"the model is configured for {dims} dimensions; a column belongs to one vector "
+            "space: pick a new target_column for this model (nothing was written)"
+        )
+
+
+def id_bounds(conn: psycopg.Connection, space: SpaceConfig) -> tuple[int | None, int | None]:
+    row = conn.execute(
+        sql.SQL("SELECT min({id}), max({id}) FROM {t}").format(
+            id=sql.Identifier(space.id_column), t=table_ident(space)
+        )
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]

@@ -1,0 +1,130 @@
+"""The registry of vector spaces (`embedding_backfills.vector_spaces`).
+
+A space is registered once with its model identity; from then on its column belongs to that
+identity. Applications look spaces up by table and model, never by dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from ..config import SpaceConfig
+from ..errors import SpaceConflictError
+from ..providers import Fingerprint, ModelIdentity
+
+
+@dataclass(frozen=True)
+class SpaceRecord:
+    space_id: int
+    name: str
+    table_schema: str
+    table_name: str
+    column_name: str
+    provider: str
+    model: str
+    revision: str | None
+    dimensions: int
+    normalize: bool
+    model_key: int
+    fingerprint: dict[str, object]
+    status: str
+    index_name: str | None
+    row_count: int | None
+    created_at: datetime
+    validated_at: datetime | None
+    activated_at: datetime | None
+    retired_at: datetime | None
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(
+            self.provider, self.model, self.revision, self.dimensions, self.normalize
+        )
+
+
+_SELECT = "SELECT * FROM embedding_backfills.vector_spaces"
+
+
+def get_space(conn: psycopg.Connection, name: str) -> SpaceRecord | None:
+    with conn.cursor(row_factory=class_row(SpaceRecord)) as cur:
+        return cur.execute(_SELECT + " WHERE name = %s", (name,)).fetchone()
+
+
+def get_space_for_column(conn: psycopg.Connection, space: SpaceConfig) -> SpaceRecord | None:
+    with conn.cursor(row_factory=class_row(SpaceRecord)) as cur:
+        return cur.execute(
+            _SELECT + " WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+            (space.schema_name, space.table_name, space.target_column),
+        ).fetchone()
+
+
+def check_registration(
+    conn: psycopg.Connection, space: SpaceConfig, identity: ModelIdentity
+) -> SpaceRecord | None:
+    """Raise if the name or the column is registered to something else; read-only."""
+    for record in (get_space_for_column(conn, space), get_space(conn, space.name)):
+        if record is None:
+            continue
+        where = f"{record.table_schema}.{record.table_name}.{record.column_name}"
+        if record.name != space.name:
+            raise SpaceConflictError(
+                f"column {where} already belongs to vector space {record.name!r} "
+                f"({record.identity.label()}); give space {space.name!r} a new target_column"
+            )
+        if (record.table_schema, record.table_name, record.column_name) != (
+            space.schema_name,
+            space.table_name,
+            space.target_column,
+        ):
+            raise SpaceConflictError(
+                f"space {space.name!r} is registered for column {where}, not "
+                f"{space.table}.{space.target_column}; use a new space name for a new column"
+            )
+        if record.model_key != identity.key:
+            raise SpaceConflictError(
+                f"space {space.name!r} ({where}) was registered for {record.identity.label()}, "
+                f"but the configuration now says {identity.label()}. A column holds one "
+                "vector space: declare a new space with a new target_column for the new model"
+            )
+    return get_space(conn, space.name)
+
+
+def register_space(
+    conn: psycopg.Connection,
+    space: SpaceConfig,
+    identity: ModelIdentity,
+    fingerprint: Fingerprint,
+) -> SpaceRecord:
+    """Insert the space as `building`, or return the existing matching record."""
+    existing = check_registration(conn, space, identity)
+    if existing is not None:
+        return existing
+    conn.execute(
+        "INSERT INTO embedding_backfills.vector_spaces"
+        " (name, table_schema, table_name, column_name, provider, model, revision, dimensions,"
+        "  normalize, model_key, fingerprint, status)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'building')"
+        " ON CONFLICT DO NOTHING",
+        (
+            space.name,
+            space.schema_name,
+            space.table_name,
+            space.target_column,
+            identity.provider,
+            identity.model,
+            identity.revision,
+            identity.dimensions,
+            identity.normalize,
+            identity.key,
+            Jsonb(fingerprint.to_json()),
+        ),
+    )
+    # A concurrent registration of the same space is fine; of another one, it is caught here.
+    record = check_registration(conn, space, identity)
+    assert record is not None
+    return record

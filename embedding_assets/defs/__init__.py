@@ -1,0 +1,5 @@
+"""Dagster definitions: assets, partitions and resources. Logic lives in `pipeline/`."""
+
+from .definitions import build_definitions
+
+__all__ = ["build_definitions"]

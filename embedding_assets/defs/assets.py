@@ -1,0 +1,152 @@
+"""The assets of one vector space, `<name>/target_column` and `<name>/embeddings`.
+
+Thin wrappers: the work is done by plain functions in `embedding_assets.pipeline`, which
+the tests call without Dagster. These add what the UI needs: partitions, metadata, logs.
+"""
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from ..config import SpaceConfig
+from ..pipeline.backfill import embed_range
+from ..pipeline.partitions import IdRange, is_current_key
+from ..pipeline.target import prepare_target_column
+from .partitions import id_range_partitions, id_range_partitions_name
+from .resources import EmbeddingModelsResource, PostgresResource
+
+
+class TargetColumnConfig(Config):
+    drop_index: bool = Field(
+        default=False,
+        description=(
+            "Drop an index found on the target column while the space is still `building` "
+            "(writes into an indexed vector column are ~100x slower). Default: refuse."
+        ),
+    )
+
+
+def target_column_key(space: SpaceConfig) -> AssetKey:
+    return AssetKey([space.name, "target_column"])
+
+
+def embeddings_key(space: SpaceConfig) -> AssetKey:
+    return AssetKey([space.name, "embeddings"])
+
+
+def _model_metadata(space: SpaceConfig, identity_label: str, model_key: int) -> dict[str, object]:
+    return {
+        "table": space.table,
+        "column": space.target_column,
+        "model": identity_label,
+        "provider": space.model.provider,
+        "dimensions": space.model.dimensions,
+        "model_key": str(model_key),
+    }
+
+
+def build_space_assets(space: SpaceConfig) -> list[AssetsDefinition]:
+    partitions = id_range_partitions(space)
+    description_suffix = f" ({space.model.provider}:{space.model.name}, {space.model.dimensions}d)"
+
+    @asset(
+        key=target_column_key(space),
+        group_name=space.name,
+        kinds={"postgres", "pgvector"},
+        description=(
+            f"Column {space.table}.{space.target_column} as vector({space.model.dimensions}), "
+            f"registered as space {space.name!r}{description_suffix}; creates the id-range "
+            "partitions covering the table's current ids."
+        ),
+    )
+    def target_column(
+        context: AssetExecutionContext,
+        config: TargetColumnConfig,
+        postgres: PostgresResource,
+        embedding_models: EmbeddingModelsResource,
+    ) -> MaterializeResult:
+        provider = embedding_models.provider(space.model)
+        with postgres.connect() as conn:
+            result = prepare_target_column(conn, space, provider, drop_index=config.drop_index)
+        name = id_range_partitions_name(space)
+        known = set(context.instance.get_dynamic_partitions(name))
+        # Keys from an earlier partition_size or key type would overlap the current ones.
+        stale = sorted(
+            k for k in known if not is_current_key(k, result.table.key_digits, space.partition_size)
+        )
+        for key in stale:
+            context.instance.delete_dynamic_partition(name, key)
+        if stale:
+            context.log.warning(f"removed {len(stale)} partitions of an earlier layout")
+        new_keys = [k for k in result.partition_keys if k not in known]
+        if new_keys:
+            context.instance.add_dynamic_partitions(name, new_keys)
+        state = "created" if result.created else "exists"
+        context.log.info(
+            f"{space.table}.{space.target_column} ready ({state}),"
+            f" space {space.name!r} is {result.record.status}; {len(new_keys)} new partitions"
+        )
+        return MaterializeResult(
+            metadata={
+                **_model_metadata(space, provider.identity.label(), provider.identity.key),
+                "column_created": result.created,
+                "registry_status": result.record.status,
+                "fingerprint": result.record.fingerprint.get("digest", ""),
+                "partitions": len(result.partition_keys),
+                "partitions_added": len(new_keys),
+                "partitions_removed": len(stale),
+                "dropped_indexes": ", ".join(result.dropped_indexes) or "none",
+            }
+        )
+
+    @asset(
+        key=embeddings_key(space),
+        deps=[target_column],
+        group_name=space.name,
+        kinds={"postgres", "pgvector"},
+        partitions_def=partitions,
+        backfill_policy=BackfillPolicy.multi_run(space.partitions_per_run),
+        description=(
+            f"Vectors in {space.table}.{space.target_column}{description_suffix}, one partition "
+            f"per {space.partition_size:,} ids. Re-running skips rows already embedded from the "
+            "same text by the same model."
+        ),
+    )
+    def embeddings(
+        context: AssetExecutionContext,
+        postgres: PostgresResource,
+        embedding_models: EmbeddingModelsResource,
+    ) -> MaterializeResult:
+        key_range = context.partition_key_range
+        ids = IdRange.span([key_range.start, key_range.end])
+        provider = embedding_models.provider(space.model)
+        context.log.info(
+            f"embedding ids {ids.first}..{ids.last} of {space.table} with "
+            f"{provider.identity.label()} (partitions {key_range.start}..{key_range.end})"
+        )
+        stats = embed_range(
+            space, provider, ids.first, ids.last, database_url=postgres.url(), logger=context.log
+        )
+        context.log.info(
+            f"done: {stats.rows_embedded:,} embedded, {stats.rows_skipped:,} skipped, "
+            f"{stats.rows_empty:,} empty of {stats.rows_scanned:,} rows in {stats.seconds:.1f}s "
+            f"({stats.rows_per_second:,.0f} rows/s)"
+        )
+        metadata: dict[str, object] = {
+            **_model_metadata(space, provider.identity.label(), provider.identity.key),
+            "id_range": f"{ids.first}..{ids.last}",
+            "partitions_in_run": len(context.partition_keys),
+            **{k: v for k, v in stats.as_dict().items() if v is not None},
+        }
+        metadata["rows_per_second"] = MetadataValue.float(float(stats.rows_per_second))
+        return MaterializeResult(metadata=metadata)
+
+    return [target_column, embeddings]

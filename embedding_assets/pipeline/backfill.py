@@ -1,0 +1,176 @@
+"""Re-embed one id range: read pages, embed, write, with the three stages overlapped.
+
+Reading the next page and writing the previous batch run on their own connections while
+the model embeds the current batch, so a real model is never left waiting on the database.
+Queues are bounded (one page ahead, two writes behind): memory is flat whatever the range.
+Each batch commits on its own; an interrupted run loses at most the batches in flight, and
+a re-run skips every row whose vector is already there for the same text and model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import psycopg
+
+from ..config import SpaceConfig
+from ..db.connection import connection
+from ..db.introspect import indexes_on_column, inspect_table
+from ..db.registry import SpaceRecord, check_registration
+from ..errors import DatabaseError, SpaceConflictError
+from ..providers import EmbeddingProvider
+from .progress import Progress
+from .reader import Page, count_rows, iter_pages
+from .target import check_fingerprint
+from .writer import VectorWriter
+
+log = logging.getLogger(__name__)
+WRITES_IN_FLIGHT = 2
+
+
+@dataclass
+class RangeStats:
+    rows_scanned: int = 0
+    rows_embedded: int = 0
+    rows_skipped: int = 0
+    rows_empty: int = 0
+    rows_truncated: int = 0
+    rows_cleared: int = 0
+    batches: int = 0
+    tokens: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_scanned / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        data: dict[str, float | int | None] = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        data["rows_per_second"] = round(self.rows_per_second, 1)
+        return data
+
+
+def preflight(
+    conn: psycopg.Connection, space: SpaceConfig, provider: EmbeddingProvider
+) -> SpaceRecord:
+    """Everything that must hold before the first vector is written; read-only."""
+    info = inspect_table(conn, space)  # also rejects a column of another dimension
+    if info.target is None or not info.provenance_present:
+        raise DatabaseError(
+            f"space {space.name!r}: target column {space.table}.{space.target_column} does not "
+            f"exist yet; materialize {space.name}/target_column first"
+        )
+    try:
+        record = check_registration(conn, space, provider.identity)
+    except psycopg.errors.UndefinedTable:
+        record = None
+    if record is None:
+        raise DatabaseError(
+            f"space {space.name!r} is not in the registry; materialize {space.name}/target_column"
+        )
+    indexes = indexes_on_column(conn, info.oid, space.target_column)
+    if indexes:
+        raise SpaceConflictError(
+            f"space {space.name!r}: index {', '.join(i.name for i in indexes)} exists on "
+            f"{space.table}.{space.target_column}; writing into an indexed vector column is "
+            "~100x slower. Drop the index (it is rebuilt after the checks pass)"
+        )
+    check_fingerprint(space, record, provider.fingerprint())
+    return record
+
+
+@dataclass
+class _Batch:
+    ids: list[int]
+    vectors: np.ndarray
+    hashes: list[bytes]
+    clear_ids: list[int]
+
+
+def _prepare(page: Page, provider: EmbeddingProvider, stats: RangeStats) -> _Batch:
+    """Sort a page into done / blank / to-embed rows and embed the last group."""
+    ids: list[int] = []
+    texts: list[str] = []
+    hashes: list[bytes] = []
+    clear: list[int] = []
+    for row_id, text, digest, done, has_vector in zip(
+        page.ids, page.texts, page.hashes, page.done, page.has_vector, strict=True
+    ):
+        if done:
+            stats.rows_skipped += 1
+        elif digest is None or text is None:
+            stats.rows_empty += 1
+            if has_vector:
+                clear.append(row_id)
+        else:
+            ids.append(row_id)
+            texts.append(text)
+            hashes.append(digest)
+    batch = provider.embed(texts)
+    stats.rows_truncated += batch.truncated
+    if batch.tokens is not None:
+        stats.tokens = (stats.tokens or 0) + batch.tokens
+    return _Batch(ids, batch.vectors, hashes, clear)
+
+
+def embed_range(
+    space: SpaceConfig,
+    provider: EmbeddingProvider,
+    first: int,
+    last: int,
+    *,
+    database_url: str | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | object = log,
+    progress_every: float = 5.0,
+) -> RangeStats:
+    """Embed every row with first <= id <= last that lacks a current vector from this model."""
+    stats = RangeStats()
+    started = time.monotonic()
+    model_key = provider.identity.key
+    with (
+        connection(database_url, autocommit=True) as read_conn,
+        connection(database_url, autocommit=True) as write_conn,
+        ThreadPoolExecutor(1, thread_name_prefix="read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="write") as writer_pool,
+    ):
+        preflight(read_conn, space, provider)
+        total = count_rows(read_conn, space, first, last)
+        progress = Progress(total, f"{space.name} ids {first}-{last}", logger, progress_every)
+        writer = VectorWriter(write_conn, space, model_key)
+        pages = iter_pages(read_conn, space, first, last, model_key, space.batch_size)
+        pending: deque[tuple[Future[int], int, int]] = deque()
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                future, n_embedded, n_rows = pending.popleft()
+                future.result()
+                stats.rows_embedded += n_embedded
+                stats.batches += 1
+                progress.advance(n_rows)
+
+        next_page = reader.submit(next, pages, None)
+        try:
+            while (page := next_page.result()) is not None:
+                next_page = reader.submit(next, pages, None)  # read ahead while embedding
+                stats.rows_scanned += len(page.ids)
+                batch = _prepare(page, provider, stats)
+                stats.rows_cleared += len(batch.clear_ids)
+                if not batch.ids and not batch.clear_ids:
+                    progress.advance(len(page.ids))
+                    continue
+                drain(WRITES_IN_FLIGHT - 1)
+                future = writer_pool.submit(
+                    writer.write, batch.ids, batch.vectors, batch.hashes, batch.clear_ids
+                )
+                pending.append((future, len(batch.ids), len(page.ids)))
+            drain(0)
+        finally:
+            next_page.cancel()
+    stats.seconds = time.monotonic() - started
+    return stats

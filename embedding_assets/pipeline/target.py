@@ -1,0 +1,127 @@
+"""Prepare a space's target column: validate everything, then add the column and register.
+
+All checks run before the first write; the DDL and the registry insert share one
+transaction, so a failure leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ..config import SpaceConfig
+from ..db.introspect import TableInfo, indexes_on_column, inspect_table, table_ident
+from ..db.migrations import apply_migrations
+from ..db.registry import SpaceRecord, check_registration, register_space
+from ..errors import SpaceConflictError
+from ..providers import EmbeddingProvider, Fingerprint
+from .partitions import IdRange, occupied_ranges
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetColumn:
+    table: TableInfo
+    record: SpaceRecord
+    created: bool
+    dropped_indexes: list[str]
+    ranges: list[IdRange]
+
+    @property
+    def partition_keys(self) -> list[str]:
+        return [r.key(self.table.key_digits) for r in self.ranges]
+
+
+def check_fingerprint(space: SpaceConfig, record: SpaceRecord | None, current: Fingerprint) -> None:
+    """Same name and dimension is not the same model: compare the sentinel vectors."""
+    if record is None or not record.fingerprint:
+        return
+    registered = Fingerprint.from_json(record.fingerprint)
+    if not registered.matches(current):
+        raise SpaceConflictError(
+            f"space {space.name!r}: the model now returns different vectors for the sentinel "
+            f"texts than when the space was registered (min cosine "
+            f"{registered.min_cosine(current):.4f}, registered fingerprint {registered.digest}, "
+            f"now {current.digest}). The endpoint serves another model under the same name; "
+            "restore the original model, or build a new space for the new one"
+        )
+
+
+def prepare_target_column(
+    conn: psycopg.Connection,
+    space: SpaceConfig,
+    provider: EmbeddingProvider,
+    *,
+    drop_index: bool = False,
+) -> TargetColumn:
+    """Create `vector(dimensions)` + provenance columns if absent and register the space.
+
+    `conn` must be autocommit. Refuses an index on the target column (writes into an indexed
+    vector column are ~100x slower) unless `drop_index` and the space is still `building`.
+    """
+    apply_migrations(conn)
+    identity = provider.identity
+    info = inspect_table(conn, space)  # raises on any catalog mismatch
+    record = check_registration(conn, space, identity)
+    fingerprint = provider.fingerprint()
+    check_fingerprint(space, record, fingerprint)
+
+    dropped: list[str] = []
+    if info.target is not None:
+        indexes = indexes_on_column(conn, info.oid, space.target_column)
+        if indexes:
+            names = ", ".join(i.name for i in indexes)
+            building = record is None or record.status == "building"
+            if not (drop_index and building):
+                raise SpaceConflictError(
+                    f"space {space.name!r}: index {names} exists on {space.table}."
+                    f"{space.target_column}; writing into an indexed vector column is ~100x "
+                    "slower and the index would cover unchecked data. Drop it, or materialize "
+                    "with drop_index: true while the space is still building"
+                )
+            dropped = [i.name for i in indexes]
+
+    created = info.target is None
+    with conn.transaction():
+        # Serialise concurrent preparations of the same table (two launches at once).
+        conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (info.oid,))
+        table = table_ident(space)
+        for name in dropped:
+            conn.execute(
+                sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
+                    sql.Identifier(space.schema_name), sql.Identifier(name)
+                )
+            )
+            log.warning("dropped index %s on building space %s", name, space.name)
+        # ADD COLUMN of a nullable column with no default is a catalog-only change: instant.
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {v} vector({d}),"
+                " ADD COLUMN IF NOT EXISTS {h} bytea, ADD COLUMN IF NOT EXISTS {k} bigint"
+            ).format(
+                t=table,
+                v=sql.Identifier(space.target_column),
+                d=sql.Literal(space.model.dimensions),
+                h=sql.Identifier(space.text_hash_column),
+                k=sql.Identifier(space.model_key_column),
+            )
+        )
+        for column, purpose in (
+            (space.text_hash_column, "sha256 of the text embedded into"),
+            (space.model_key_column, "model identity key (registry model_key) of"),
+        ):
+            conn.execute(
+                sql.SQL("COMMENT ON COLUMN {t}.{c} IS {txt}").format(
+                    t=table,
+                    c=sql.Identifier(column),
+                    txt=sql.Literal(f"embedding_backfills: {purpose} {space.target_column}"),
+                )
+            )
+        record = register_space(conn, space, identity, fingerprint)
+    ranges = occupied_ranges(conn, space)
+    info = inspect_table(conn, space)
+    return TargetColumn(info, record, created, dropped, ranges)

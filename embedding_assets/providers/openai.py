@@ -1,0 +1,177 @@
+"""`openai`: the official client, for OpenAI and any compatible server via `base_url`.
+
+Ollama, vLLM, TEI and infinity all speak `POST /v1/embeddings`. Requests stay inside the
+API limits (2048 inputs, a token budget per request), transient failures (429, 5xx,
+timeouts, dropped connections) are retried with exponential backoff and jitter, and every
+response is checked for count and dimension before a single vector can be written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import openai
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ..config import ModelConfig
+from ..errors import ConfigError, ProviderError
+from .base import EmbeddingBatch, EmbeddingProvider, ModelIdentity, check_vectors, l2_normalize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_INPUT_TOKENS = 8192
+# Without the model's tokenizer, bytes bound tokens from above (a BPE token is >= 1 byte);
+# ~4 bytes per token is typical. Inputs are cut at 4 bytes/token and requests are budgeted
+# at 2 bytes/token, so a request stays under the limit even for dense scripts.
+_BYTES_PER_TOKEN_CUT = 4
+_BYTES_PER_TOKEN_BUDGET = 2
+_TRANSIENT = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+)
+
+
+def supports_dimensions_parameter(model: str) -> bool:
+    """OpenAI accepts `dimensions` only for text-embedding-3 and later models."""
+    return model.startswith("text-embedding-") and not model.startswith("text-embedding-ada")
+
+
+def _log_retry(state: RetryCallState) -> None:
+    err = state.outcome.exception() if state.outcome else None
+    # The exception class and status only: bodies may echo inputs.
+    status = getattr(err, "status_code", None)
+    log.warning(
+        "embeddings request failed (%s%s), attempt %d; backing off",
+        type(err).__name__,
+        f" {status}" if status else "",
+        state.attempt_number,
+    )
+
+
+class OpenAIProvider(EmbeddingProvider):
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        api_key = os.environ.get(config.api_key_env)
+        if not api_key:
+            if config.base_url is None:
+                raise ConfigError(
+                    f"the openai provider needs an API key in ${config.api_key_env}; export it, "
+                    "or set model.api_key_env to the variable that holds it"
+                )
+            api_key = "not-needed"  # local OpenAI-compatible servers usually ignore it
+        # Retries are ours (tenacity, with jitter and logging); the client's are turned off.
+        self.client = openai.OpenAI(
+            api_key=api_key,
+            base_url=config.base_url,
+            timeout=config.timeout_seconds,
+            max_retries=0,
+        )
+        self.send_dimensions = config.send_dimensions == "always" or (
+            config.send_dimensions == "auto" and supports_dimensions_parameter(config.name)
+        )
+        self.max_tokens = config.max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
+        self.identity = ModelIdentity(
+            provider="openai",
+            model=config.name,
+            revision=config.revision,
+            dimensions=config.dimensions,
+            normalize=config.normalize,
+        )
+        self._endpoint = config.base_url or "https://api.openai.com/v1"
+
+    def _truncate(self, text: str) -> tuple[str, bool]:
+        limit = self.max_tokens * _BYTES_PER_TOKEN_CUT
+        raw = text.encode()
+        if len(raw) <= limit:
+            return text, False
+        return raw[:limit].decode(errors="ignore"), True
+
+    def _requests(self, texts: list[str]) -> Iterator[list[str]]:
+        """Split into requests within the input-count and token budgets."""
+        budget = self.config.max_tokens_per_request * _BYTES_PER_TOKEN_BUDGET
+        chunk: list[str] = []
+        used = 0
+        for text in texts:
+            size = len(text.encode())
+            if chunk and (len(chunk) >= self.config.max_inputs_per_request or used + size > budget):
+                yield chunk
+                chunk, used = [], 0
+            chunk.append(text)
+            used += size
+        if chunk:
+            yield chunk
+
+    def _call(self, inputs: list[str]) -> tuple[np.ndarray, int | None]:
+        kwargs: dict[str, object] = {"model": self.config.name, "input": inputs}
+        if self.send_dimensions:
+            kwargs["dimensions"] = self.config.dimensions
+        retrying = Retrying(
+            retry=retry_if_exception_type(_TRANSIENT),
+            wait=wait_random_exponential(multiplier=0.5, max=30),
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            response = retrying(self.client.embeddings.create, **kwargs)
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            raise ProviderError(
+                f"cannot reach the embeddings endpoint {self._endpoint} ({type(err).__name__}) "
+                f"after {self.config.max_retries + 1} attempts; check model.base_url and that "
+                "the server is running"
+            ) from None
+        except openai.AuthenticationError:
+            raise ProviderError(
+                f"the embeddings endpoint {self._endpoint} rejected the API key in "
+                f"${self.config.api_key_env} (401); set a valid key"
+            ) from None
+        except openai.APIStatusError as err:
+            raise ProviderError(
+                f"the embeddings endpoint {self._endpoint} answered HTTP {err.status_code} for "
+                f"model {self.config.name!r}; check model.name and model.dimensions "
+                "(send_dimensions) against what the server serves"
+            ) from None
+        data = sorted(response.data, key=lambda d: d.index)
+        if len(data) != len(inputs):
+            raise ProviderError(
+                f"{self._endpoint} returned {len(data)} embeddings for {len(inputs)} inputs"
+            )
+        rows = [np.asarray(d.embedding, dtype=np.float32) for d in data]
+        dims = {r.shape[0] for r in rows}
+        if len(dims) > 1:
+            raise ProviderError(
+                f"{self._endpoint} returned vectors of mixed dimensions {sorted(dims)} in one "
+                "response; nothing written"
+            )
+        usage = getattr(response, "usage", None)
+        tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        return np.vstack(rows), tokens
+
+    def _embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+        cut = [self._truncate(t) for t in texts]
+        truncated = sum(1 for _, was_cut in cut if was_cut)
+        parts: list[np.ndarray] = []
+        tokens: int | None = 0
+        for request in self._requests([t for t, _ in cut]):
+            vectors, used = self._call(request)
+            # Checked per response, before the next request is even sent.
+            parts.append(check_vectors(vectors, len(request), self.identity))
+            tokens = None if tokens is None or used is None else tokens + used
+        vectors = np.vstack(parts)
+        if self.config.normalize:
+            vectors = l2_normalize(vectors)
+        return EmbeddingBatch(vectors, truncated=truncated, tokens=tokens)
+
+    def close(self) -> None:
+        self.client.close()
