@@ -25,34 +25,47 @@ def _migration_files() -> list[Path]:
     return files
 
 
-def ensure_pgvector(conn: psycopg.Connection) -> str:
-    """Return the installed pgvector version, creating the extension when possible."""
+def check_pgvector(conn: psycopg.Connection) -> str | None:
+    """Read-only: the installed pgvector version (None if available but not installed).
+
+    Raises when the server cannot provide pgvector >= 0.5 at all.
+    """
     row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-    if row:
-        version = str(row[0])
-    else:
+    if row is None:
         available = conn.execute(
-            "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
         ).fetchone()
         if not available:
             raise DatabaseError(
                 "pgvector is not available on this PostgreSQL server; install pgvector >= 0.5 "
                 "on the server (or unset DATABASE_URL to use the embedded server, which has it)"
             )
-        try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except psycopg.errors.InsufficientPrivilege:
-            raise DatabaseError(
-                "pgvector is available but not installed in this database, and this role may "
-                "not create it; ask an administrator to run CREATE EXTENSION vector"
-            ) from None
-        version = str(available[0])
+        return None
+    version = str(row[0])
     major, minor = (int(p) for p in version.split(".")[:2])
     if (major, minor) < (0, 5):
         raise DatabaseError(
             f"pgvector {version} is too old; HNSW needs >= 0.5: ALTER EXTENSION vector UPDATE"
         )
+    return version
+
+
+def ensure_pgvector(conn: psycopg.Connection) -> str:
+    """Return the installed pgvector version, creating the extension when allowed."""
+    version = check_pgvector(conn)
+    if version is not None:
+        return version
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.errors.InsufficientPrivilege:
+        raise DatabaseError(
+            "pgvector is available on the server but not installed in this database, and this "
+            "role may not create it; ask an administrator to run CREATE EXTENSION vector "
+            "in this database"
+        ) from None
+    version = check_pgvector(conn)
+    assert version is not None
     return version
 
 

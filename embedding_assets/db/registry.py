@@ -63,10 +63,17 @@ def get_space_for_column(conn: psycopg.Connection, space: SpaceConfig) -> SpaceR
         ).fetchone()
 
 
+def registry_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('embedding_backfills.vector_spaces')").fetchone()
+    return bool(row and row[0])
+
+
 def check_registration(
     conn: psycopg.Connection, space: SpaceConfig, identity: ModelIdentity
 ) -> SpaceRecord | None:
     """Raise if the name or the column is registered to something else; read-only."""
+    if not registry_exists(conn):
+        return None
     for record in (get_space_for_column(conn, space), get_space(conn, space.name)):
         if record is None:
             continue

@@ -66,10 +66,7 @@ def preflight(
             f"space {space.name!r}: target column {space.table}.{space.target_column} does not "
             f"exist yet; materialize {space.name}/target_column first"
         )
-    try:
-        record = check_registration(conn, space, provider.identity)
-    except psycopg.errors.UndefinedTable:
-        record = None
+    record = check_registration(conn, space, provider.identity)
     if record is None:
         raise DatabaseError(
             f"space {space.name!r} is not in the registry; materialize {space.name}/target_column"

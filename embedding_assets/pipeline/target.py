@@ -14,7 +14,7 @@ from psycopg import sql
 
 from ..config import SpaceConfig
 from ..db.introspect import TableInfo, indexes_on_column, inspect_table, table_ident
-from ..db.migrations import apply_migrations
+from ..db.migrations import apply_migrations, check_pgvector
 from ..db.registry import SpaceRecord, check_registration, register_space
 from ..errors import SpaceConflictError
 from ..providers import EmbeddingProvider, Fingerprint
@@ -63,11 +63,12 @@ def prepare_target_column(
     `conn` must be autocommit. Refuses an index on the target column (writes into an indexed
     vector column are ~100x slower) unless `drop_index` and the space is still `building`.
     """
-    apply_migrations(conn)
+    # Read-only validation first: a bad input fails here and nothing has been written.
+    check_pgvector(conn)
     identity = provider.identity
-    info = inspect_table(conn, space)  # raises on any catalog mismatch
+    info = inspect_table(conn, space)
     record = check_registration(conn, space, identity)
-    fingerprint = provider.fingerprint()
+    fingerprint = provider.fingerprint()  # an unreachable endpoint fails here
     check_fingerprint(space, record, fingerprint)
 
     dropped: list[str] = []
@@ -86,6 +87,7 @@ def prepare_target_column(
             dropped = [i.name for i in indexes]
 
     created = info.target is None
+    apply_migrations(conn)  # the first write: extension, registry schema
     with conn.transaction():
         # Serialise concurrent preparations of the same table (two launches at once).
         conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (info.oid,))

@@ -1,0 +1,399 @@
+"""A real, scriptable HTTP server speaking the OpenAI embeddings API, for tests.
+
+    with FakeEmbeddingsServer(dims=8) as server:
+        server.fail_next("429", times=2)  # two rate limits, then normal answers
+        ...  # point a client at server.base_url ("http://127.0.0.1:PORT/v1")
+        assert len(server.requests) == 3
+
+Vectors are deterministic per (salt, model, text): a unit vector drawn from numpy seeded by
+sha256, `dims` long, multiplied by `scale`. A request's `dimensions` truncates and
+renormalises like text-embedding-3; asking for more than `dims` is a 400. Both
+`encoding_format`s are served: "float" lists and "base64" little-endian float32.
+
+Faults are queued with `fail_next` and consumed one per request, in order. Every request is
+recorded (after its body is read, before any fault), so tests can assert on calls. Nothing
+loops unboundedly: bodies are size-capped, a hang is a bounded wait that shutdown cuts short.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+FaultKind = Literal[
+    "429",  # rate limited, with `retry-after: 0`
+    "status",  # any HTTP status (`status=`, default 500) with an OpenAI-style error body
+    "wrong_dims",  # every vector has `dims=` components (default: served dimension + 3)
+    "mixed_dims",  # the first vector is one component short
+    "fewer",  # one item fewer than there were inputs
+    "empty",  # `data: []`
+    "duplicate_index",  # the last item repeats the first one's index and vector
+    "shuffle",  # items in reverse order (indices still correct)
+    "nan",  # the first vector's first component is NaN
+    "no_usage",  # the `usage` object is left out
+    "not_json",  # 200 with a non-JSON body
+    "hang",  # no answer for `seconds=` (default 5; shutdown ends it early), then hang up
+    "drop",  # close the connection without answering
+]
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    status: int = 500
+    dims: int | None = None
+    seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    model: str | None
+    inputs: list[str]
+    dimensions: int | None
+    dimensions_sent: bool
+    encoding_format: str | None
+    authorization: str | None
+    fault: FaultKind | None
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.inputs)
+
+
+def fake_vector(text: str, model: str, dims: int, salt: str = "") -> np.ndarray:
+    """The unit vector the server returns for `text` (before truncation and scaling)."""
+    digest = hashlib.sha256(f"{salt}\x00{model}\x00{text}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    vector = rng.standard_normal(dims)
+    return vector / np.linalg.norm(vector)
+
+
+def token_count(text: str) -> int:
+    """What the server reports in `usage` per input: ~4 UTF-8 bytes per token, at least 1."""
+    return max(1, len(text.encode()) // 4)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers after shutdown
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+    def _send_json(
+        self, status: int, payload: object, headers: dict[str, str] | None = None
+    ) -> None:
+        body = json.dumps(payload).encode()
+        self._send_raw(status, body, "application/json", headers)
+
+    def _send_raw(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str, code: str | None = None) -> None:
+        err_type = "invalid_request_error" if status < 500 else "server_error"
+        payload = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+        headers = {"retry-after": "0"} if status == 429 else None
+        self._send_json(status, payload, headers)
+
+    def do_GET(self) -> None:
+        self._error(404, f"unknown path {self.path}")
+
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0 or length > MAX_BODY_BYTES:
+            self._error(413, "request body too large")
+            return
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            owner._record(self, None, None, [], None, False, None)
+            self._error(400, "request body must be a JSON object")
+            return
+
+        model = body.get("model")
+        raw_input = body.get("input")
+        inputs = [raw_input] if isinstance(raw_input, str) else raw_input
+        dimensions_sent = "dimensions" in body
+        dimensions = body.get("dimensions")
+        encoding_format = body.get("encoding_format")
+        fault = owner._next_fault()
+        owner._record(
+            self,
+            model if isinstance(model, str) else None,
+            fault,
+            inputs if isinstance(inputs, list) else [],
+            dimensions if isinstance(dimensions, int) else None,
+            dimensions_sent,
+            encoding_format if isinstance(encoding_format, str) else None,
+        )
+
+        if self.path.rstrip("/") != "/v1/embeddings":
+            self._error(404, f"unknown path {self.path}")
+            return
+        expected_auth = f"Bearer {owner.api_key}"
+        if owner.api_key is not None and self.headers.get("Authorization") != expected_auth:
+            self._error(401, "Incorrect API key provided.", "invalid_api_key")
+            return
+        if not isinstance(model, str) or not model:
+            self._error(400, "'model' is required")
+            return
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(t, str) and t for t in inputs)
+        ):
+            # Echo the input, as real servers do, so a leaking client would show it.
+            self._error(400, f"'input' must be a non-empty string or list of strings: {raw_input}")
+            return
+        served = owner.dims
+        if dimensions_sent:
+            if not isinstance(dimensions, int) or dimensions < 1 or dimensions > owner.dims:
+                self._error(400, f"This model does not support dimensions={dimensions}.")
+                return
+            served = dimensions
+        if encoding_format not in (None, "float", "base64"):
+            self._error(400, f"unsupported encoding_format {encoding_format!r}")
+            return
+
+        if fault is not None and self._apply_transport_fault(fault, inputs):
+            return
+
+        vectors = [owner.vector(text, model, served) for text in inputs]
+        indices = list(range(len(inputs)))
+        kind = fault.kind if fault is not None else None
+        if kind == "wrong_dims":
+            wrong = fault.dims if fault is not None and fault.dims else served + 3
+            # np.resize cuts or repeats: deterministic at any length.
+            vectors = [np.resize(owner.vector(text, model), wrong) for text in inputs]
+        elif kind == "mixed_dims":
+            vectors[0] = vectors[0][:-1]
+        elif kind == "nan":
+            vectors[0] = vectors[0].copy()
+            vectors[0][0] = np.nan
+        items = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _encode(v, encoding_format),
+            }
+            for i, v in zip(indices, vectors, strict=True)
+        ]
+        if kind == "fewer":
+            items = items[:-1]
+        elif kind == "empty":
+            items = []
+        elif kind == "duplicate_index" and len(items) > 1:
+            items[-1] = dict(items[0])
+        elif kind == "shuffle":
+            items.reverse()
+        tokens = sum(token_count(t) for t in inputs)
+        payload: dict[str, object] = {"object": "list", "data": items, "model": model}
+        if kind != "no_usage":
+            payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        owner._count_tokens(tokens)
+        self._send_json(200, payload)
+
+    def _apply_transport_fault(self, fault: Fault, inputs: list[str]) -> bool:
+        """Answer for faults that never produce embeddings; True when handled."""
+        if fault.kind == "429":
+            self._error(429, "Rate limit reached. Please try again in 0s.", "rate_limit_exceeded")
+        elif fault.kind == "status":
+            self._error(fault.status, f"The server had an error processing {inputs[0]!r}.")
+        elif fault.kind == "not_json":
+            self._send_raw(200, b"<html>upstream proxy error</html>", "text/html")
+        elif fault.kind == "hang":
+            self.server.owner._stopping.wait(fault.seconds)
+            self.close_connection = True
+        elif fault.kind == "drop":
+            self.close_connection = True
+        else:
+            return False
+        return True
+
+
+def _encode(vector: np.ndarray, encoding_format: object) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: FakeEmbeddingsServer
+
+
+class FakeEmbeddingsServer:
+    """An OpenAI-compatible embeddings endpoint on 127.0.0.1, on an ephemeral port."""
+
+    def __init__(
+        self,
+        dims: int = 8,
+        *,
+        salt: str = "",
+        scale: float = 1.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.dims = dims
+        self.salt = salt  # another salt: "another model" under the same name and dimension
+        self.scale = scale  # != 1.0: vectors that are not unit-norm
+        self.api_key = api_key  # when set, any other bearer token gets a 401
+        self.tokens_served = 0
+        self._faults: deque[Fault] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeEmbeddingsServer:
+        if self._httpd is not None:
+            raise RuntimeError("server already started")
+        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd.owner = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-openai-embeddings",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # ends any "hang" early
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> FakeEmbeddingsServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what tests use ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def fail_next(
+        self,
+        kind: FaultKind,
+        times: int = 1,
+        *,
+        status: int = 500,
+        dims: int | None = None,
+        seconds: float = 5.0,
+    ) -> None:
+        """Queue `times` copies of a fault; each later request consumes one, in order."""
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        fault = Fault(kind, status=status, dims=dims, seconds=seconds)
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    @property
+    def pending_faults(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+    def vector(self, text: str, model: str, dims: int | None = None) -> np.ndarray:
+        """The float32 vector served for `text` at `dims` (truncated and renormalised)."""
+        full = fake_vector(text, model, self.dims, self.salt)
+        cut = full[: dims or self.dims]
+        return (cut / np.linalg.norm(cut) * self.scale).astype(np.float32)
+
+    # -- handler side -----------------------------------------------------------------------
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _count_tokens(self, tokens: int) -> None:
+        with self._lock:
+            self.tokens_served += tokens
+
+    def _record(
+        self,
+        handler: _Handler,
+        model: str | None,
+        fault: Fault | None,
+        inputs: list[str],
+        dimensions: int | None,
+        dimensions_sent: bool,
+        encoding_format: str | None,
+    ) -> None:
+        request = RecordedRequest(
+            method=handler.command,
+            path=handler.path,
+            model=model,
+            inputs=[str(t) for t in inputs],
+            dimensions=dimensions,
+            dimensions_sent=dimensions_sent,
+            encoding_format=encoding_format,
+            authorization=handler.headers.get("Authorization"),
+            fault=fault.kind if fault is not None else None,
+        )
+        with self._lock:
+            self._requests.append(request)
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

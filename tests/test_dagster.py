@@ -1,0 +1,118 @@
+"""The code location as Dagster sees it: loading, multi-partition runs, logs and metadata."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from conftest import _metadata, _resources, create_docs, make_space, materialize_target
+from dagster import DagsterInstance, materialize
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from embedding_assets.config import PROJECT_ROOT, parse_config
+from embedding_assets.defs import build_definitions
+from embedding_assets.defs.assets import build_space_assets, embeddings_key
+from embedding_assets.defs.partitions import id_range_partitions_name
+
+
+def test_workspace_loads_in_dagster() -> None:
+    """What `dagster dev` does first: load workspace.yaml -> definitions.py."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DAGSTER_HOME": ""} | {"PYTHONWARNINGS": "ignore"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    defs = build_definitions()
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert keys == {"docs_minilm/target_column", "docs_minilm/embeddings"}
+
+
+def test_one_group_of_assets_per_space() -> None:
+    base = {
+        "table": "t",
+        "text_column": "b",
+        "model": {"provider": "hash", "name": "h", "dimensions": 8},
+    }
+    config = parse_config(
+        {
+            "spaces": [
+                {**base, "name": "a", "target_column": "ea"},
+                {**base, "name": "b", "target_column": "eb"},
+            ]
+        }
+    )
+    specs = {
+        s.key.to_user_string(): s.group_name
+        for a in build_definitions(config).assets  # type: ignore[union-attr]
+        for s in a.specs  # type: ignore[union-attr]
+    }
+    assert specs == {
+        "a/target_column": "a",
+        "a/embeddings": "a",
+        "b/target_column": "b",
+        "b/embeddings": "b",
+    }
+
+
+def test_a_backfill_run_over_a_partition_range(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance
+) -> None:
+    """BackfillPolicy.multi_run groups partitions into one run with a key range."""
+    create_docs(conn, 1400)
+    space = make_space()
+    materialize_target(space, dagster_instance)
+    keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
+    result = materialize(
+        build_space_assets(space),
+        selection=[embeddings_key(space)],
+        instance=dagster_instance,
+        resources=_resources(),
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+    )
+    assert result.success
+    meta = _metadata(result, embeddings_key(space))
+    assert meta["partitions_in_run"] == 3
+    assert meta["id_range"] == "0..1499"
+    assert meta["rows_scanned"] == 1400
+    materialized = dagster_instance.get_materialized_partitions(embeddings_key(space))
+    assert materialized == set(keys)
+
+
+def test_logs_and_metadata_carry_no_row_text(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance
+) -> None:
+    create_docs(conn, 30)
+    secret = "confidential-row-text-7f3a"
+    conn.execute("UPDATE docs SET body = %s WHERE id = 7", (secret,))
+    space = make_space()
+    materialize_target(space, dagster_instance)
+    key = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))[0]
+    result = materialize(
+        build_space_assets(space),
+        selection=[embeddings_key(space)],
+        partition_key=key,
+        instance=dagster_instance,
+        resources=_resources(),
+    )
+    assert result.success
+    records = dagster_instance.all_logs(result.run_id)
+    text = "\n".join(str(r.dagster_event) + (r.user_message or "") for r in records)
+    assert "rows_embedded" in text  # the metadata is there...
+    assert secret not in text  # ...the row text is not
+    assert "document number" not in text

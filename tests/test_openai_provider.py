@@ -1,0 +1,606 @@
+"""The `openai` provider against a real HTTP server on 127.0.0.1 (tests/openai_server.py).
+
+Everything goes through the public path a user takes: `build_provider(ModelConfig(...))`
+and `provider.embed(texts)`. Retries use the provider's real backoff (at most ~0.5 s per
+retry at the retry counts used here); the only other waiting is the server's bounded "hang".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from openai_server import FakeEmbeddingsServer, closed_port, token_count
+
+from embedding_assets.config import ModelConfig, parse_config
+from embedding_assets.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    ProviderError,
+)
+from embedding_assets.providers import EmbeddingProvider, build_provider
+
+MODEL = "text-embedding-3-small"
+DIMS = 8
+KEY_ENV = "EMBED_TEST_API_KEY"
+FAKE_KEY = "sk-test-SECRET123"
+# Distinctive text that must never show up in an error message or a log line.
+SENTINEL = "CONFIDENTIAL-ROW-7f3a9c: patient Jan Kowalski, diagnosis withheld"
+PROVIDER_LOGGER = "embedding_assets.providers.openai"
+
+MakeProvider = Callable[..., EmbeddingProvider]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real key, endpoint or proxy from the developer's shell can leak into a test."""
+    for var in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        KEY_ENV,
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def server() -> Iterator[FakeEmbeddingsServer]:
+    with FakeEmbeddingsServer(dims=DIMS) as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_provider() -> Iterator[MakeProvider]:
+    """Build providers through the public factory; close them all afterwards."""
+    built: list[EmbeddingProvider] = []
+
+    def make(base_url: str | None, **overrides: Any) -> EmbeddingProvider:
+        fields: dict[str, Any] = {
+            "provider": "openai",
+            "name": MODEL,
+            "dimensions": DIMS,
+            "base_url": base_url,
+            "api_key_env": KEY_ENV,
+            "max_retries": 0,
+            "timeout_seconds": 5.0,
+        }
+        fields.update(overrides)
+        provider = build_provider(ModelConfig(**fields))
+        built.append(provider)
+        return provider
+
+    yield make
+    for provider in built:
+        provider.close()
+
+
+def expected(server: FakeEmbeddingsServer, texts: list[str], dims: int = DIMS) -> np.ndarray:
+    """What the provider should return for `texts` served by `server` (unit-normalised)."""
+    rows = np.vstack([server.vector(t, MODEL, dims) for t in texts]).astype(np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def texts_of(n: int) -> list[str]:
+    return [f"document number {i}: some text about topic {i % 4}" for i in range(n)]
+
+
+# -- happy path ------------------------------------------------------------------------------
+
+
+def test_embeds_in_order_across_requests_and_reports_tokens(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    texts = texts_of(10)
+    provider = make_provider(server.base_url, max_inputs_per_request=3)
+
+    batch = provider.embed(texts)
+
+    assert batch.vectors.shape == (10, DIMS)
+    assert batch.vectors.dtype == np.float32
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    requests = server.requests
+    assert len(requests) == math.ceil(10 / 3)
+    assert [r.n_inputs for r in requests] == [3, 3, 3, 1]
+    assert all(r.n_inputs <= 3 for r in requests)
+    assert [t for r in requests for t in r.inputs] == texts  # sent in order, none twice
+    assert all(r.model == MODEL and r.path == "/v1/embeddings" for r in requests)
+    assert batch.tokens == sum(token_count(t) for t in texts) == server.tokens_served
+    assert batch.truncated == 0
+
+
+def test_order_follows_item_index_not_response_order(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    texts = texts_of(5)
+    server.fail_next("shuffle")
+    batch = make_provider(server.base_url).embed(texts)
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+
+
+def test_normalize_true_returns_unit_vectors_and_false_keeps_the_servers(
+    make_provider: MakeProvider,
+) -> None:
+    texts = texts_of(4)
+    with FakeEmbeddingsServer(dims=DIMS, scale=3.0) as server:
+        normalized = make_provider(server.base_url, normalize=True).embed(texts).vectors
+        raw = make_provider(server.base_url, normalize=False).embed(texts).vectors
+
+    np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(raw, axis=1), 3.0, atol=1e-5)
+    np.testing.assert_allclose(normalized * 3.0, raw, atol=1e-5)
+
+
+def test_requests_stay_within_the_token_budget(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    # Budget: 10 tokens x 2 bytes = 20 bytes per request; each text is 8 bytes.
+    texts = [f"text-{i:03d}" for i in range(5)]
+    provider = make_provider(server.base_url, max_tokens_per_request=10)
+
+    batch = provider.embed(texts)
+
+    assert [r.n_inputs for r in server.requests] == [2, 2, 1]
+    assert all(sum(len(t.encode()) for t in r.inputs) <= 20 for r in server.requests)
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+
+
+def test_tokens_unknown_when_the_server_reports_no_usage(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("no_usage")
+    batch = make_provider(server.base_url, max_inputs_per_request=2).embed(texts_of(4))
+    assert batch.tokens is None
+    assert batch.vectors.shape == (4, DIMS)
+
+
+def test_no_texts_means_no_request(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    batch = make_provider(server.base_url).embed([])
+    assert batch.vectors.shape == (0, DIMS)
+    assert server.requests == []
+
+
+# -- transient failures are retried ----------------------------------------------------------
+
+
+def test_rate_limit_is_retried_then_succeeds(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    texts = texts_of(3)
+    server.fail_next("429")
+
+    batch = make_provider(server.base_url, max_retries=3).embed(texts)
+
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    assert [r.fault for r in server.requests] == ["429", None]
+    assert server.requests[0].inputs == server.requests[1].inputs == texts
+
+
+def test_rate_limit_beyond_max_retries_is_a_provider_error(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("429", times=5)
+    with pytest.raises(ProviderError, match="429") as info:
+        make_provider(server.base_url, max_retries=1).embed(texts_of(2))
+    assert len(server.requests) == 2
+    assert server.base_url in str(info.value)
+
+
+def test_server_errors_are_retried_up_to_max_retries(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("status", times=5, status=500)
+
+    with pytest.raises(ProviderError) as info:
+        make_provider(server.base_url, max_retries=2).embed(texts_of(2))
+
+    assert len(server.requests) == 3  # 1 attempt + 2 retries, then give up
+    assert server.pending_faults == 2
+    message = str(info.value)
+    assert server.base_url in message
+    assert "HTTP 500" in message
+    assert MODEL in message
+
+
+def test_server_error_then_success(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    texts = texts_of(2)
+    server.fail_next("status", status=503)
+    batch = make_provider(server.base_url, max_retries=1).embed(texts)
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    assert len(server.requests) == 2
+
+
+def test_client_errors_are_not_retried(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("status", status=400)
+    with pytest.raises(ProviderError, match="HTTP 400"):
+        make_provider(server.base_url, max_retries=3).embed(texts_of(2))
+    assert len(server.requests) == 1
+
+
+def test_timeout_is_retried_then_succeeds(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    texts = texts_of(2)
+    server.fail_next("hang", seconds=5)
+    start = time.monotonic()
+
+    batch = make_provider(server.base_url, max_retries=1, timeout_seconds=0.5).embed(texts)
+
+    assert time.monotonic() - start < 4  # the client gave up on the hang; it did not wait 5 s
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    assert [r.fault for r in server.requests] == ["hang", None]
+
+
+def test_timeout_without_retries_is_cannot_reach(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("hang", seconds=5)
+    with pytest.raises(ProviderError, match="cannot reach") as info:
+        make_provider(server.base_url, max_retries=0, timeout_seconds=0.5).embed(texts_of(1))
+    assert "Timeout" in str(info.value)
+    assert server.base_url in str(info.value)
+    assert len(server.requests) == 1
+
+
+def test_dropped_connection_is_retried(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    texts = texts_of(2)
+    server.fail_next("drop")
+    batch = make_provider(server.base_url, max_retries=1).embed(texts)
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    assert [r.fault for r in server.requests] == ["drop", None]
+
+
+def test_unreachable_endpoint_fails_after_all_attempts_without_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    make_provider: MakeProvider,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    caplog.set_level(logging.WARNING, logger=PROVIDER_LOGGER)
+    base_url = f"http://127.0.0.1:{closed_port()}/v1"
+
+    with pytest.raises(ProviderError) as info:
+        make_provider(base_url, max_retries=1, timeout_seconds=2.0).embed([SENTINEL])
+
+    message = str(info.value)
+    assert "cannot reach" in message
+    assert base_url in message
+    assert "after 2 attempts" in message
+    backoffs = [r for r in caplog.records if "backing off" in r.getMessage()]
+    assert len(backoffs) == 1  # max_retries=1: one retry, so max_retries + 1 attempts
+    assert FAKE_KEY not in message and SENTINEL not in message
+    assert FAKE_KEY not in caplog.text and SENTINEL not in caplog.text
+    assert info.value.__cause__ is None
+
+
+# -- responses that must never be written ----------------------------------------------------
+
+
+def test_wrong_dimension_response_is_rejected(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("wrong_dims", dims=5)
+    with pytest.raises(DimensionMismatchError) as info:
+        make_provider(server.base_url).embed(texts_of(3))
+    message = str(info.value)
+    assert "5-dimensional" in message
+    assert f"configured for {DIMS}" in message
+    assert "model.dimensions" in message
+    assert "send_dimensions" in message
+
+
+def test_model_with_more_dimensions_than_configured(make_provider: MakeProvider) -> None:
+    """A 16-d model configured as 8-d: rejected unless `dimensions` is sent to shorten it."""
+    texts = texts_of(3)
+    with FakeEmbeddingsServer(dims=16) as server:
+        with pytest.raises(DimensionMismatchError) as info:
+            make_provider(server.base_url, send_dimensions="never").embed(texts)
+        assert "16-dimensional" in str(info.value)
+        assert f"configured for {DIMS}" in str(info.value)
+
+        batch = make_provider(server.base_url, send_dimensions="always").embed(texts)
+        assert server.requests[-1].dimensions == DIMS
+        np.testing.assert_allclose(batch.vectors, expected(server, texts, DIMS), atol=1e-6)
+
+
+def test_mixed_dimensions_in_one_response_are_rejected(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("mixed_dims")
+    with pytest.raises(ProviderError, match="mixed dimensions"):
+        make_provider(server.base_url).embed(texts_of(3))
+
+
+def test_fewer_embeddings_than_inputs_are_rejected(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("fewer")
+    with pytest.raises(ProviderError, match="2 embeddings for 3 inputs"):
+        make_provider(server.base_url).embed(texts_of(3))
+
+
+def test_non_finite_values_are_rejected(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("nan")
+    with pytest.raises(ProviderError, match="NaN"):
+        make_provider(server.base_url).embed(texts_of(3))
+
+
+def test_bad_response_in_a_later_request_fails_the_whole_call(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("shuffle")  # request 1: fine
+    server.fail_next("wrong_dims", dims=4)  # request 2: bad
+    provider = make_provider(server.base_url, max_inputs_per_request=2)
+    with pytest.raises(DimensionMismatchError):
+        provider.embed(texts_of(6))
+    assert len(server.requests) == 2  # stopped before the third request
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="bug: an empty `data` list escapes as the openai client's bare ValueError",
+)
+def test_empty_response_is_a_provider_error(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("empty")
+    with pytest.raises(ProviderError):
+        make_provider(server.base_url).embed(texts_of(3))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AttributeError,
+    reason="bug: a 200 with a non-JSON body escapes as a bare AttributeError "
+    "('str' object has no attribute 'data') from the openai client's parser",
+)
+def test_non_json_response_is_a_provider_error(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("not_json")
+    with pytest.raises(ProviderError):
+        make_provider(server.base_url).embed(texts_of(3))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="bug: item indices are not checked; a duplicated index writes one row's vector "
+    "into another row",
+)
+def test_duplicate_item_index_is_rejected(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    # Items come back with indices [0, 1, 0]: the count is right, but input 2 has no vector.
+    # Accepting it would store text 0's vector for row 1 and text 1's vector for row 2.
+    server.fail_next("duplicate_index")
+    with pytest.raises(ProviderError):
+        make_provider(server.base_url).embed(texts_of(3))
+
+
+# -- nothing secret in errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "error"),
+    [
+        ("status", 500, ProviderError),
+        ("status", 400, ProviderError),
+        ("status", 422, ProviderError),
+        ("429", 429, ProviderError),
+        ("wrong_dims", 0, DimensionMismatchError),
+        ("mixed_dims", 0, ProviderError),
+        ("fewer", 0, ProviderError),
+        ("nan", 0, ProviderError),
+        ("hang", 0, ProviderError),
+    ],
+)
+def test_errors_never_contain_the_texts_or_the_key(
+    kind: Any,
+    status: int,
+    error: type[Exception],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    server: FakeEmbeddingsServer,
+    make_provider: MakeProvider,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    caplog.set_level(logging.WARNING)
+    server.fail_next(kind, status=status or 500, seconds=5)  # error bodies echo the input
+    provider = make_provider(server.base_url, max_retries=0, timeout_seconds=0.5)
+
+    with pytest.raises(error) as info:
+        provider.embed([SENTINEL, "another row"])
+
+    assert server.requests[0].inputs[0] == SENTINEL  # the server did see it
+    rendered = f"{info.value!s} {info.value!r}"
+    assert SENTINEL not in rendered and "Kowalski" not in rendered
+    assert FAKE_KEY not in rendered and "SECRET123" not in rendered
+    assert SENTINEL not in caplog.text and FAKE_KEY not in caplog.text
+
+
+# -- the API key -----------------------------------------------------------------------------
+
+
+def test_api_key_comes_from_the_named_env_var_as_bearer(
+    monkeypatch: pytest.MonkeyPatch, make_provider: MakeProvider
+) -> None:
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    with FakeEmbeddingsServer(dims=DIMS, api_key=FAKE_KEY) as server:
+        make_provider(server.base_url, max_inputs_per_request=1).embed(texts_of(2))
+        assert [r.authorization for r in server.requests] == [f"Bearer {FAKE_KEY}"] * 2
+
+
+def test_rejected_key_names_the_variable_not_the_key(
+    monkeypatch: pytest.MonkeyPatch, make_provider: MakeProvider
+) -> None:
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    with FakeEmbeddingsServer(dims=DIMS, api_key="sk-the-right-one") as server:
+        with pytest.raises(ProviderError) as info:
+            make_provider(server.base_url, max_retries=3).embed(texts_of(1))
+        assert len(server.requests) == 1  # a 401 is not retried
+    message = str(info.value)
+    assert f"${KEY_ENV}" in message
+    assert "401" in message
+    assert FAKE_KEY not in message
+
+
+def test_local_server_without_a_key_gets_a_placeholder(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    make_provider(server.base_url).embed(texts_of(1))
+    authorization = server.requests[0].authorization
+    assert authorization is not None and authorization.startswith("Bearer ")
+    assert authorization != "Bearer "
+
+
+def test_missing_key_without_base_url_is_a_config_error(make_provider: MakeProvider) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_provider(None)
+    assert f"${KEY_ENV}" in str(info.value)
+    assert "api_key_env" in str(info.value)
+
+
+def _spec(model: dict[str, object]) -> dict[str, object]:
+    return {
+        "spaces": [
+            {
+                "name": "docs_openai",
+                "table": "docs",
+                "text_column": "body",
+                "target_column": "embedding_openai",
+                "model": model,
+            }
+        ]
+    }
+
+
+def test_config_refuses_a_key_in_api_key_env() -> None:
+    model = {"provider": "openai", "name": MODEL, "dimensions": DIMS, "api_key_env": FAKE_KEY}
+    with pytest.raises(ConfigError) as info:
+        parse_config(_spec(model))
+    message = str(info.value)
+    assert "api_key_env" in message
+    assert "NAME of an environment variable" in message
+    assert FAKE_KEY not in message and "SECRET123" not in message
+
+    model["api_key_env"] = KEY_ENV
+    assert parse_config(_spec(model)).spaces[0].model.api_key_env == KEY_ENV
+
+
+# -- send_dimensions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "name", "sent"),
+    [
+        ("never", "text-embedding-3-small", False),
+        ("always", "nomic-embed-text", True),
+        ("always", "text-embedding-3-small", True),
+        ("auto", "text-embedding-3-small", True),
+        ("auto", "text-embedding-3-large", True),
+        ("auto", "nomic-embed-text", False),
+        ("auto", "text-embedding-ada-002", False),
+    ],
+)
+def test_send_dimensions(
+    mode: str,
+    name: str,
+    sent: bool,
+    server: FakeEmbeddingsServer,
+    make_provider: MakeProvider,
+) -> None:
+    make_provider(server.base_url, name=name, send_dimensions=mode).embed(texts_of(2))
+    (request,) = server.requests
+    assert request.model == name
+    assert request.dimensions_sent is sent
+    assert request.dimensions == (DIMS if sent else None)
+
+
+# -- truncation ------------------------------------------------------------------------------
+
+
+def test_long_inputs_are_truncated_and_counted(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    # max_input_tokens=10 -> inputs are cut at 40 UTF-8 bytes, never inside a character.
+    texts = [
+        "a" * 41,  # cut to 40
+        "b" * 40,  # exactly at the limit: kept
+        "ż" * 30,  # 60 bytes: cut to 20 characters
+        "x" + "ż" * 30,  # the 40-byte cut falls inside a character: that character goes
+        "short",
+    ]
+    provider = make_provider(server.base_url, max_input_tokens=10)
+
+    batch = provider.embed(texts)
+
+    sent = server.requests[0].inputs
+    assert sent == ["a" * 40, "b" * 40, "ż" * 20, "x" + "ż" * 19, "short"]
+    assert all(len(t.encode()) <= 40 for t in sent)
+    assert batch.truncated == 3
+    np.testing.assert_allclose(batch.vectors, expected(server, sent), atol=1e-6)
+
+
+# -- identity and fingerprint ----------------------------------------------------------------
+
+
+def test_identity(server: FakeEmbeddingsServer, make_provider: MakeProvider) -> None:
+    provider = make_provider(server.base_url, revision="2024-01", normalize=True)
+    identity = provider.identity
+    assert identity.provider == "openai"
+    assert identity.model == MODEL
+    assert identity.revision == "2024-01"
+    assert identity.dimensions == DIMS
+    assert identity.normalize is True
+    assert identity.key == make_provider(server.base_url, revision="2024-01").identity.key
+    assert identity.key != make_provider(server.base_url, revision="2024-02").identity.key
+    assert server.requests == []  # building a provider sends nothing
+
+
+def test_fingerprint_is_stable_and_catches_a_swapped_model(make_provider: MakeProvider) -> None:
+    with FakeEmbeddingsServer(dims=DIMS) as server:
+        provider = make_provider(server.base_url)
+        first = provider.fingerprint()
+        second = provider.fingerprint()
+    with FakeEmbeddingsServer(dims=DIMS) as replica:  # the same model on another host
+        on_replica = make_provider(replica.base_url).fingerprint()
+    with FakeEmbeddingsServer(dims=DIMS, salt="another model") as swapped:
+        impostor = make_provider(swapped.base_url)
+        assert impostor.identity == provider.identity  # same name and dimension...
+        other = impostor.fingerprint()
+
+    assert first == second
+    assert first.digest == second.digest and first.digest
+    assert first.matches(second)
+    assert first.matches(on_replica)
+    assert not first.matches(other)  # ...but not the same vectors
+    assert other.min_cosine(first) < 0.9
