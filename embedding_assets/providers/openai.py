@@ -142,10 +142,21 @@ class OpenAIProvider(EmbeddingProvider):
                 f"model {self.config.name!r}; check model.name and model.dimensions "
                 "(send_dimensions) against what the server serves"
             ) from None
-        data = sorted(response.data, key=lambda d: d.index)
-        if len(data) != len(inputs):
+        except (ValueError, AttributeError, TypeError) as err:
+            # The client's own parsing failed: an empty list, or a 200 that is not JSON
+            # (a proxy's error page). Named by type only: the body may echo the inputs.
             raise ProviderError(
-                f"{self._endpoint} returned {len(data)} embeddings for {len(inputs)} inputs"
+                f"the embeddings endpoint {self._endpoint} returned a response that is not an "
+                f"embeddings list ({type(err).__name__}); check model.base_url points at an "
+                "OpenAI-compatible /v1 endpoint"
+            ) from None
+        data = sorted(response.data, key=lambda d: d.index)
+        # Every input exactly once: a repeated or missing index would pair a vector with
+        # another row's text.
+        if [d.index for d in data] != list(range(len(inputs))):
+            raise ProviderError(
+                f"{self._endpoint} returned {len(data)} embeddings for {len(inputs)} inputs, "
+                "with indices that do not match the inputs one to one; nothing written"
             )
         rows = [np.asarray(d.embedding, dtype=np.float32) for d in data]
         dims = {r.shape[0] for r in rows}
