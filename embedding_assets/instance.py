@@ -29,40 +29,30 @@ def _url(config_value: dict[str, Any]) -> str:
     return config_value.get("postgres_url") or dagster_storage_url()
 
 
-class ProjectRunStorage(PostgresRunStorage):
+class _UrlFromProject:
+    """Mixin: dagster-postgres storage whose URL may be omitted from dagster.yaml."""
+
     @classmethod
-    def config_type(cls) -> dict[str, Any]:  # type: ignore[override]
+    def config_type(cls) -> dict[str, Any]:
         return _CONFIG
 
     @classmethod
-    def from_config_value(cls, inst_data, config_value):  # type: ignore[no-untyped-def,override]
+    def from_config_value(cls, inst_data, config_value):  # type: ignore[no-untyped-def]
         return cls(
             _url(config_value), config_value.get("should_autocreate_tables", True), inst_data
-        )
+        )  # type: ignore[call-arg]
 
 
-class ProjectEventLogStorage(PostgresEventLogStorage):
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:  # type: ignore[override]
-        return _CONFIG
-
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):  # type: ignore[no-untyped-def,override]
-        return cls(
-            _url(config_value), config_value.get("should_autocreate_tables", True), inst_data
-        )
+class ProjectRunStorage(_UrlFromProject, PostgresRunStorage):
+    """Runs, on PostgreSQL."""
 
 
-class ProjectScheduleStorage(PostgresScheduleStorage):
-    @classmethod
-    def config_type(cls) -> dict[str, Any]:  # type: ignore[override]
-        return _CONFIG
+class ProjectEventLogStorage(_UrlFromProject, PostgresEventLogStorage):
+    """Event log (materializations, check evaluations), on PostgreSQL."""
 
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):  # type: ignore[no-untyped-def,override]
-        return cls(
-            _url(config_value), config_value.get("should_autocreate_tables", True), inst_data
-        )
+
+class ProjectScheduleStorage(_UrlFromProject, PostgresScheduleStorage):
+    """Sensor and schedule ticks, on PostgreSQL."""
 
 
 def project_instance() -> DagsterInstance:

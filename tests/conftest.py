@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 from dagster._core.instance.ref import InstanceRef
 from psycopg import sql
 
@@ -102,46 +102,47 @@ def non_empty_count(conn: psycopg.Connection) -> int:
     return int(row[0])
 
 
-def materialize_target(space: SpaceConfig, instance: DagsterInstance, **config: object) -> dict:
-    """Materialize `<name>/target_column` for real; return its metadata."""
-    from dagster import materialize
+def run_asset(
+    space: SpaceConfig,
+    instance: DagsterInstance,
+    asset: str,
+    *,
+    partition_key: str | None = None,
+    tags: dict[str, str] | None = None,
+    config: dict[str, object] | None = None,
+) -> ExecuteInProcessResult:
+    """Materialize `<name>/<asset>` for real on the instance; fail the test if the run fails."""
+    from embedding_assets.defs.assets import build_space_assets
 
-    from embedding_assets.defs.assets import build_space_assets, target_column_key
-
-    run_config = {"ops": {f"{space.name}__target_column": {"config": config}}} if config else None
+    op = f"{space.name}__{asset}"
     result = materialize(
         build_space_assets(space),
-        selection=[target_column_key(space)],
+        selection=[AssetKey([space.name, asset])],
         instance=instance,
         resources=_resources(),
-        run_config=run_config,
+        partition_key=partition_key,
+        tags=tags,
+        run_config={"ops": {op: {"config": config}}} if config else None,
     )
     assert result.success
-    return _metadata(result, target_column_key(space))
+    return result
 
 
-def materialize_partitions(
-    space: SpaceConfig, instance: DagsterInstance, keys: list[str] | None = None
-) -> list[dict]:
+def materialize_target(space: SpaceConfig, instance: DagsterInstance, **config: object) -> dict:
+    """Materialize `<name>/target_column`; return its metadata."""
+    result = run_asset(space, instance, "target_column", config=config)
+    return metadata_of(result, AssetKey([space.name, "target_column"]))
+
+
+def materialize_partitions(space: SpaceConfig, instance: DagsterInstance) -> list[dict]:
     """Materialize `<name>/embeddings` one run per partition; return each run's metadata."""
-    from dagster import materialize
-
-    from embedding_assets.defs.assets import build_space_assets, embeddings_key
     from embedding_assets.defs.partitions import id_range_partitions_name
 
-    keys = keys or sorted(instance.get_dynamic_partitions(id_range_partitions_name(space)))
-    out = []
-    for key in keys:
-        result = materialize(
-            build_space_assets(space),
-            selection=[embeddings_key(space)],
-            partition_key=key,
-            instance=instance,
-            resources=_resources(),
-        )
-        assert result.success
-        out.append(_metadata(result, embeddings_key(space)))
-    return out
+    key = AssetKey([space.name, "embeddings"])
+    return [
+        metadata_of(run_asset(space, instance, "embeddings", partition_key=p), key)
+        for p in sorted(instance.get_dynamic_partitions(id_range_partitions_name(space)))
+    ]
 
 
 def _resources() -> dict:
@@ -150,8 +151,8 @@ def _resources() -> dict:
     return {"postgres": PostgresResource(), "embedding_models": EmbeddingModelsResource()}
 
 
-def _metadata(result: object, key: object) -> dict:
-    for event in result.get_asset_materialization_events():  # type: ignore[attr-defined]
+def metadata_of(result: ExecuteInProcessResult, key: AssetKey) -> dict:
+    for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
         if mat.asset_key == key:
             return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
@@ -160,3 +161,13 @@ def _metadata(result: object, key: object) -> dict:
 
 def totals(metadata: list[dict], field: str) -> int:
     return sum(int(m[field]) for m in metadata)
+
+
+def embedded_docs(
+    conn: psycopg.Connection, instance: DagsterInstance, rows: int, **overrides: object
+) -> tuple[SpaceConfig, list[dict]]:
+    """The common start: `docs` with `rows` rows, its space prepared and fully embedded."""
+    create_docs(conn, rows)
+    space = make_space(**overrides)
+    materialize_target(space, instance)
+    return space, materialize_partitions(space, instance)

@@ -8,6 +8,7 @@ import numpy as np
 import psycopg
 from conftest import (
     create_docs,
+    embedded_docs,
     make_space,
     materialize_partitions,
     materialize_target,
@@ -56,10 +57,7 @@ def test_every_non_empty_row_gets_a_vector_of_the_configured_dimension(
 def test_provenance_records_text_hash_and_model_identity(
     conn: psycopg.Connection, dagster_instance: DagsterInstance
 ) -> None:
-    create_docs(conn, 60)
-    space = make_space()
-    materialize_target(space, dagster_instance)
-    materialize_partitions(space, dagster_instance)
+    space, _ = embedded_docs(conn, dagster_instance, 60)
     provider = build_provider(space.model)
     for body, digest, key, vector in conn.execute(
         "SELECT body, emb_text_hash, emb_model_key, emb::real[] FROM docs WHERE emb IS NOT NULL"
@@ -73,10 +71,7 @@ def test_provenance_records_text_hash_and_model_identity(
 def test_second_run_skips_everything(
     conn: psycopg.Connection, dagster_instance: DagsterInstance
 ) -> None:
-    create_docs(conn, 700)
-    space = make_space()
-    materialize_target(space, dagster_instance)
-    materialize_partitions(space, dagster_instance)
+    space, _ = embedded_docs(conn, dagster_instance, 700)
     before = conn.execute("SELECT sum(xmin::text::bigint) FROM docs").fetchone()
 
     again = materialize_partitions(space, dagster_instance)
@@ -90,10 +85,7 @@ def test_second_run_skips_everything(
 def test_changed_text_is_reembedded_and_blanked_text_loses_its_vector(
     conn: psycopg.Connection, dagster_instance: DagsterInstance
 ) -> None:
-    create_docs(conn, 300)
-    space = make_space()
-    materialize_target(space, dagster_instance)
-    materialize_partitions(space, dagster_instance)
+    space, _ = embedded_docs(conn, dagster_instance, 300)
     old = dict(conn.execute("SELECT id, emb::text FROM docs WHERE id IN (1, 2, 3)").fetchall())
     conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE id IN (1, 2)")
     conn.execute("UPDATE docs SET body = '' WHERE id = 3")

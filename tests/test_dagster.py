@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 import psycopg
-from conftest import _metadata, _resources, create_docs, make_space, materialize_target
-from dagster import DagsterInstance, materialize
+from conftest import (
+    create_docs,
+    make_space,
+    materialize_target,
+    metadata_of,
+    run_asset,
+)
+from dagster import DagsterInstance
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -17,7 +23,7 @@ from dagster._core.storage.tags import (
 
 from embedding_assets.config import PROJECT_ROOT, parse_config
 from embedding_assets.defs import build_definitions
-from embedding_assets.defs.assets import build_space_assets, embeddings_key
+from embedding_assets.defs.assets import embeddings_key
 from embedding_assets.defs.partitions import id_range_partitions_name
 
 
@@ -78,15 +84,9 @@ def test_a_backfill_run_over_a_partition_range(
     space = make_space()
     materialize_target(space, dagster_instance)
     keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
-    result = materialize(
-        build_space_assets(space),
-        selection=[embeddings_key(space)],
-        instance=dagster_instance,
-        resources=_resources(),
-        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
-    )
-    assert result.success
-    meta = _metadata(result, embeddings_key(space))
+    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    result = run_asset(space, dagster_instance, "embeddings", tags=tags)
+    meta = metadata_of(result, embeddings_key(space))
     assert meta["partitions_in_run"] == 3
     assert meta["id_range"] == "0..1499"
     assert meta["rows_scanned"] == 1400
@@ -103,14 +103,7 @@ def test_logs_and_metadata_carry_no_row_text(
     space = make_space()
     materialize_target(space, dagster_instance)
     key = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))[0]
-    result = materialize(
-        build_space_assets(space),
-        selection=[embeddings_key(space)],
-        partition_key=key,
-        instance=dagster_instance,
-        resources=_resources(),
-    )
-    assert result.success
+    result = run_asset(space, dagster_instance, "embeddings", partition_key=key)
     records = dagster_instance.all_logs(result.run_id)
     text = "\n".join(str(r.dagster_event) + (r.user_message or "") for r in records)
     assert "rows_embedded" in text  # the metadata is there...

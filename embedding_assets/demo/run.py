@@ -93,25 +93,21 @@ def run_demo(
         "embedding_models": EmbeddingModelsResource(),
     }
     quiet = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    result = materialize(
-        assets,
-        selection=[target_column_key(space)],
-        instance=instance,
-        resources=resources,
-        run_config=quiet,
-    )
-    assert result.success
-    keys = instance.get_dynamic_partitions(id_range_partitions_name(space))
-    for key in sorted(keys):
+
+    def run(selection: AssetKey, partition_key: str | None = None) -> dict[str, object]:
         result = materialize(
             assets,
-            selection=[embeddings_key(space)],
-            partition_key=key,
+            selection=[selection],
+            partition_key=partition_key,
             instance=instance,
             resources=resources,
             run_config=quiet,
         )
         assert result.success
-        report.partitions.append(PartitionReport(key, _metadata_of(result, embeddings_key(space))))
+        return _metadata_of(result, selection)
+
+    run(target_column_key(space))
+    for key in sorted(instance.get_dynamic_partitions(id_range_partitions_name(space))):
+        report.partitions.append(PartitionReport(key, run(embeddings_key(space), key)))
     report.vectors, report.rows_with_text, report.dims, report.model_keys = verify_space(space, url)
     return report
