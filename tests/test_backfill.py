@@ -113,3 +113,20 @@ def test_new_rows_get_new_partitions_and_old_ones_stay(
     keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
     assert keys[-1] == "0000000000000005000-0000000000000005499"
     assert len(keys) == 2  # empty ranges between 500 and 4999 get no partition
+
+
+def test_wide_vectors_take_the_out_of_line_write_path(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance
+) -> None:
+    """Above 495 dims vectors are TOASTed and written by executemany instead of COPY."""
+    space, runs = embedded_docs(conn, dagster_instance, 260, model={"dimensions": 1024})
+    expected = non_empty_count(conn)
+    assert totals(runs, "rows_embedded") == expected
+    row = conn.execute(
+        "SELECT count(emb), min(vector_dims(emb)), count(DISTINCT emb_model_key) FROM docs"
+    ).fetchone()
+    assert row == (expected, 1024, 1)
+    body, vector = conn.execute("SELECT body, emb::real[] FROM docs WHERE id = 1").fetchone()
+    expected_vector = build_provider(space.model).embed([body]).vectors[0]
+    assert np.allclose(np.asarray(vector, dtype=np.float32), expected_vector, atol=1e-6)
+    assert totals(materialize_partitions(space, dagster_instance), "rows_skipped") == expected
