@@ -79,6 +79,23 @@ class IndexConfig(_Strict):
     )
     m: int = Field(default=16, ge=2, le=100)
     ef_construction: int = Field(default=64, ge=4, le=1000)
+    maintenance_work_mem: str = Field(
+        default="1GB", pattern=r"^[0-9]+ ?(kB|MB|GB|TB)?$", description="For the build only"
+    )
+    max_parallel_maintenance_workers: int = Field(default=2, ge=0, le=64)
+
+
+class RetentionConfig(_Strict):
+    """When a retired space's column may be dropped, and where its backup goes first."""
+
+    delay_hours: float = Field(default=168.0, ge=0, description="Wait after retirement")
+    backup_dir: str = Field(
+        default="backups", description="Relative paths are under the project root"
+    )
+
+    def backup_path(self) -> Path:
+        path = Path(self.backup_dir).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 class SpaceConfig(_Strict):
@@ -100,6 +117,7 @@ class SpaceConfig(_Strict):
         default=10, gt=0, le=1000, description="Partitions grouped into one run by a backfill"
     )
     index: IndexConfig = IndexConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("name")
     @classmethod

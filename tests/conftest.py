@@ -110,21 +110,25 @@ def run_asset(
     partition_key: str | None = None,
     tags: dict[str, str] | None = None,
     config: dict[str, object] | None = None,
+    raise_on_error: bool = True,
 ) -> ExecuteInProcessResult:
     """Materialize `<name>/<asset>` for real on the instance; fail the test if the run fails."""
     from embedding_assets.defs.assets import build_space_assets
+    from embedding_assets.defs.checks import build_space_checks
+    from embedding_assets.defs.visibility import build_visibility_assets
 
     op = f"{space.name}__{asset}"
     result = materialize(
-        build_space_assets(space),
+        [*build_space_assets(space), *build_visibility_assets(space), build_space_checks(space)],
         selection=[AssetKey([space.name, asset])],
         instance=instance,
-        resources=_resources(),
+        resources=resources(),
         partition_key=partition_key,
         tags=tags,
         run_config={"ops": {op: {"config": config}}} if config else None,
+        raise_on_error=raise_on_error,
     )
-    assert result.success
+    assert result.success or not raise_on_error
     return result
 
 
@@ -145,7 +149,7 @@ def materialize_partitions(space: SpaceConfig, instance: DagsterInstance) -> lis
     ]
 
 
-def _resources() -> dict:
+def resources() -> dict:
     from embedding_assets.defs.resources import EmbeddingModelsResource, PostgresResource
 
     return {"postgres": PostgresResource(), "embedding_models": EmbeddingModelsResource()}
@@ -171,3 +175,28 @@ def embedded_docs(
     space = make_space(**overrides)
     materialize_target(space, instance)
     return space, materialize_partitions(space, instance)
+
+
+def execute_checks(space: SpaceConfig, instance: DagsterInstance) -> dict[str, dict]:
+    """Run the space's column checks alone (the UI's "Execute checks"); name -> result."""
+    from dagster import AssetSelection
+
+    from embedding_assets.defs.assets import build_space_assets
+    from embedding_assets.defs.checks import build_space_checks
+    from embedding_assets.defs.keys import embeddings_key
+
+    result = materialize(
+        [*build_space_assets(space), build_space_checks(space)],
+        selection=AssetSelection.checks_for_assets(embeddings_key(space)),
+        instance=instance,
+        resources=resources(),
+        raise_on_error=False,
+    )
+    return {
+        e.check_name: {
+            "passed": e.passed,
+            "severity": e.severity.value,
+            **{k: getattr(v, "value", v) for k, v in e.metadata.items()},
+        }
+        for e in result.get_asset_check_evaluations()
+    }

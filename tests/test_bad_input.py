@@ -61,12 +61,6 @@ def test_existing_column_of_another_dimension(conn: psycopg.Connection) -> None:
     assert_refused(conn, prepare(conn), SpaceConflictError, "vector(8)", "16", "target_column")
 
 
-def test_existing_column_without_declared_dimension(conn: psycopg.Connection) -> None:
-    create_docs(conn, 20)
-    conn.execute("ALTER TABLE docs ADD COLUMN emb vector")
-    assert_refused(conn, prepare(conn), SpaceConflictError, "no declared dimension")
-
-
 def test_existing_column_of_another_type(conn: psycopg.Connection) -> None:
     create_docs(conn, 20)
     conn.execute("ALTER TABLE docs ADD COLUMN emb real[]")

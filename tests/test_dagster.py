@@ -46,7 +46,11 @@ def test_workspace_loads_in_dagster() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"docs_minilm/target_column", "docs_minilm/embeddings"}
+    assert keys == {
+        f"docs_minilm/{a}" for a in ("target_column", "embeddings", "hnsw_index", "registry")
+    }
+    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == {"uniform_dimension", "complete", "one_model", "sane_vectors"}
 
 
 def test_one_group_of_assets_per_space() -> None:
@@ -69,10 +73,9 @@ def test_one_group_of_assets_per_space() -> None:
         for s in a.specs  # type: ignore[union-attr]
     }
     assert specs == {
-        "a/target_column": "a",
-        "a/embeddings": "a",
-        "b/target_column": "b",
-        "b/embeddings": "b",
+        f"{space}/{asset}": space
+        for space in ("a", "b")
+        for asset in ("target_column", "embeddings", "hnsw_index", "registry")
     }
 
 

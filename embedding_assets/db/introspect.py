@@ -175,17 +175,21 @@ def inspect_table(conn: psycopg.Connection, space: SpaceConfig) -> TableInfo:
 
 
 def check_target_column(space: SpaceConfig, target: ColumnInfo) -> None:
-    """A target column that exists must be exactly vector(dimensions)."""
+    """A target column that exists must be vector(dimensions), or plain `vector`.
+
+    A plain `vector` column (no declared dimension) is accepted: the database will not stop a
+    vector of another dimension there, so the uniform-dimension check scans every value.
+    """
     dims = space.model.dimensions
     if target.type_name != "vector":
         raise SpaceConflictError(
             f"space {space.name!r}: column {space.table}.{space.target_column} exists as "
             f"{target.formatted}, not vector({dims}); choose a new target_column"
         )
-    if target.typmod != dims:
-        declared = "no declared dimension" if target.typmod < 0 else f"vector({target.typmod})"
+    if target.typmod not in (dims, -1):
         raise SpaceConflictError(
-            f"space {space.name!r}: column {space.table}.{space.target_column} is {declared} but "
+            f"space {space.name!r}: column {space.table}.{space.target_column} is "
+            f"vector({target.typmod}) but "
             f"the model is configured for {dims} dimensions; a column belongs to one vector "
             "space: pick a new target_column for this model (nothing was written)"
         )

@@ -39,6 +39,11 @@ class SpaceRecord:
     validated_at: datetime | None
     activated_at: datetime | None
     retired_at: datetime | None
+    # added by sql/002; defaults keep records readable before it is applied
+    index_expression: str | None = None
+    backup_path: str | None = None
+    backed_up_at: datetime | None = None
+    dropped_at: datetime | None = None
 
     @property
     def identity(self) -> ModelIdentity:
@@ -53,6 +58,17 @@ _SELECT = "SELECT * FROM embedding_backfills.vector_spaces"
 def get_space(conn: psycopg.Connection, name: str) -> SpaceRecord | None:
     with conn.cursor(row_factory=class_row(SpaceRecord)) as cur:
         return cur.execute(_SELECT + " WHERE name = %s", (name,)).fetchone()
+
+
+def spaces_of_table(conn: psycopg.Connection, schema: str, table: str) -> list[SpaceRecord]:
+    """Every space of a table, newest first."""
+    if not registry_exists(conn):
+        return []
+    with conn.cursor(row_factory=class_row(SpaceRecord)) as cur:
+        return cur.execute(
+            _SELECT + " WHERE table_schema = %s AND table_name = %s ORDER BY space_id DESC",
+            (schema, table),
+        ).fetchall()
 
 
 def get_space_for_column(conn: psycopg.Connection, space: SpaceConfig) -> SpaceRecord | None:
@@ -78,6 +94,11 @@ def check_registration(
         if record is None:
             continue
         where = f"{record.table_schema}.{record.table_name}.{record.column_name}"
+        if record.status == "dropped":
+            raise SpaceConflictError(
+                f"space {record.name!r} ({where}) was dropped by retention; build the model "
+                "again as a new space (new name, new target_column)"
+            )
         if record.name != space.name:
             raise SpaceConflictError(
                 f"column {where} already belongs to vector space {record.name!r} "

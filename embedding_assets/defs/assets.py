@@ -6,7 +6,6 @@ the tests call without Dagster. These add what the UI needs: partitions, metadat
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
     BackfillPolicy,
     Config,
@@ -20,6 +19,7 @@ from ..config import SpaceConfig
 from ..pipeline.backfill import embed_range
 from ..pipeline.partitions import IdRange, is_current_key
 from ..pipeline.target import prepare_target_column
+from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions, id_range_partitions_name
 from .resources import EmbeddingModelsResource, PostgresResource
 
@@ -32,14 +32,6 @@ class TargetColumnConfig(Config):
             "(writes into an indexed vector column are ~100x slower). Default: refuse."
         ),
     )
-
-
-def target_column_key(space: SpaceConfig) -> AssetKey:
-    return AssetKey([space.name, "target_column"])
-
-
-def embeddings_key(space: SpaceConfig) -> AssetKey:
-    return AssetKey([space.name, "embeddings"])
 
 
 def _model_metadata(space: SpaceConfig, identity_label: str, model_key: int) -> dict[str, object]:

@@ -1,0 +1,197 @@
+"""Whole-column checks of a vector space, computed in one pass over the table.
+
+Four verdicts gate the HNSW index and activation:
+- uniform dimension: the declared dimension matches the space and every stored vector has it;
+- complete: every row with text has a vector, computed from its current text;
+- one model: every vector carries this space's model key;
+- sane vectors: no zero vectors, unit norms when the space normalises (pgvector itself
+  refuses NaN and infinity, so those cannot be stored).
+
+Cost: one sequential scan. Per row, sha256 of the text (for staleness) and the norm of the
+vector (which detoasts vectors stored out of line, above ~495 dims). At 10M rows of ~1 KB of
+text and 1024-d vectors that reads ~50 GB; expect minutes, not seconds: run the checks once
+per backfill, not on a schedule (drift sensors use bounded queries instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from ..config import SpaceConfig
+from ..db.introspect import INTEGER_TYPES, column_info, table_ident, text_expression
+
+NORM_TOLERANCE = 1e-3
+EXAMPLE_IDS = 5
+MAX_PARTITION_KEYS = 50
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ColumnReport:
+    rows: int
+    rows_with_text: int
+    vectors: int
+    verdicts: dict[str, CheckVerdict]
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts.values())
+
+
+def _partition_keys(buckets: list[int] | None, size: int, digits: int) -> list[str]:
+    return [
+        f"{b * size:0{digits}d}-{b * size + size - 1:0{digits}d}"
+        for b in sorted(buckets or [])[:MAX_PARTITION_KEYS]
+    ]
+
+
+def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int) -> ColumnReport:
+    """Compute all four verdicts with one scan; ids and counts only, never text."""
+    table_oid = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (space.schema_name, space.table_name),
+    ).fetchone()
+    assert table_oid is not None, f"table {space.table} vanished"
+    target = column_info(conn, table_oid[0], space.target_column)
+    id_col = column_info(conn, table_oid[0], space.id_column)
+    assert target is not None and id_col is not None
+    digits = INTEGER_TYPES.get(id_col.type_name, 19)
+    dims = space.model.dimensions
+
+    ident = {
+        "t": table_ident(space),
+        "id": sql.Identifier(space.id_column),
+        "v": sql.Identifier(space.target_column),
+        "hc": sql.Identifier(space.text_hash_column),
+        "k": sql.Identifier(space.model_key_column),
+        "text": text_expression(space),
+    }
+    query = sql.SQL(
+        """
+        WITH s AS (
+            SELECT t.{id} AS id, t.{v} IS NOT NULL AS has_v,
+                   CASE WHEN t.{v} IS NULL THEN NULL ELSE vector_dims(t.{v}) END AS dims,
+                   CASE WHEN t.{v} IS NULL THEN NULL ELSE vector_norm(t.{v}) END AS norm,
+                   t.{k} AS k, t.{hc} AS hc, h.h
+            FROM {t} AS t
+            CROSS JOIN LATERAL (SELECT {text} AS txt) AS x
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN btrim(x.txt, E' \\t\\r\\n') = '' THEN NULL
+                            ELSE sha256(convert_to(x.txt, 'UTF8')) END AS h) AS h
+        ), f AS (
+            SELECT *,
+                   has_v AND dims <> %(dims)s AS bad_dims,
+                   h IS NOT NULL AND NOT has_v AS missing,
+                   has_v AND h IS NOT NULL AND hc IS DISTINCT FROM h AS stale,
+                   has_v AND h IS NULL AS orphan,
+                   has_v AND k IS DISTINCT FROM %(key)s AS other_model,
+                   has_v AND norm = 0 AS zero,
+                   has_v AND %(normalize)s AND abs(norm - 1) > %(tol)s AS not_unit
+            FROM s
+        )
+        SELECT count(*), count(*) FILTER (WHERE h IS NOT NULL), count(*) FILTER (WHERE has_v),
+               count(*) FILTER (WHERE bad_dims),
+               array_agg(DISTINCT dims) FILTER (WHERE has_v),
+               (array_agg(id ORDER BY id) FILTER (WHERE bad_dims))[1:%(n)s],
+               count(*) FILTER (WHERE missing), count(*) FILTER (WHERE stale),
+               count(*) FILTER (WHERE orphan),
+               array_agg(DISTINCT id / %(size)s) FILTER (WHERE missing OR stale OR orphan),
+               (array_agg(id ORDER BY id) FILTER (WHERE missing OR stale OR orphan))[1:%(n)s],
+               count(*) FILTER (WHERE other_model),
+               (array_agg(id ORDER BY id) FILTER (WHERE other_model))[1:%(n)s],
+               count(DISTINCT k) FILTER (WHERE has_v),
+               count(*) FILTER (WHERE zero), count(*) FILTER (WHERE not_unit),
+               (array_agg(id ORDER BY id) FILTER (WHERE zero OR not_unit))[1:%(n)s],
+               min(norm), max(norm)
+        FROM f
+        """
+    ).format(**ident)
+    row = conn.execute(
+        query,
+        {
+            "dims": dims,
+            "key": model_key,
+            "normalize": space.model.normalize,
+            "tol": NORM_TOLERANCE,
+            "n": EXAMPLE_IDS,
+            "size": space.partition_size,
+        },
+    ).fetchone()
+    assert row is not None
+    (rows, with_text, vectors, bad_dims, dims_seen, bad_dim_ids, missing, stale, orphan,
+     rerun_buckets, rerun_ids, other, other_ids, model_keys, zero, not_unit, insane_ids,
+     min_norm, max_norm) = row  # fmt: skip
+
+    declared = target.typmod
+    declared_ok = declared in (dims, -1)
+    verdicts = {
+        "uniform_dimension": CheckVerdict(
+            "uniform_dimension",
+            declared_ok and bad_dims == 0,
+            (
+                f"column declared vector({declared})"
+                if declared > 0
+                else "column declared without a dimension"
+            )
+            + f"; {bad_dims} of {vectors} vectors are not {dims}-dimensional",
+            {
+                "declared_dimension": declared if declared > 0 else "none",
+                "configured_dimension": dims,
+                "dimensions_found": sorted(dims_seen or []),
+                "vectors_wrong_dimension": bad_dims,
+                "example_ids": list(bad_dim_ids or []),
+            },
+        ),
+        "complete": CheckVerdict(
+            "complete",
+            missing == 0 and stale == 0 and orphan == 0,
+            f"{missing} rows with text lack a vector, {stale} vectors are stale (text changed), "
+            f"{orphan} vectors belong to rows whose text is now empty",
+            {
+                "rows": rows,
+                "rows_with_text": with_text,
+                "vectors": vectors,
+                "rows_missing": missing,
+                "rows_stale": stale,
+                "vectors_without_text": orphan,
+                "partitions_to_rerun": _partition_keys(rerun_buckets, space.partition_size, digits),
+                "example_ids": list(rerun_ids or []),
+            },
+        ),
+        "one_model": CheckVerdict(
+            "one_model",
+            other == 0,
+            f"{other} of {vectors} vectors were written by another model (or without provenance)",
+            {
+                "model_key": str(model_key),
+                "vectors_other_model": other,
+                "distinct_model_keys": model_keys,
+                "example_ids": list(other_ids or []),
+            },
+        ),
+        "sane_vectors": CheckVerdict(
+            "sane_vectors",
+            zero == 0 and not_unit == 0,
+            f"{zero} zero vectors, {not_unit} vectors off unit norm"
+            + ("" if space.model.normalize else " (norms not checked: normalize is false)"),
+            {
+                "zero_vectors": zero,
+                "not_unit_norm": not_unit,
+                "min_norm": float(min_norm) if min_norm is not None else None,
+                "max_norm": float(max_norm) if max_norm is not None else None,
+                "example_ids": list(insane_ids or []),
+            },
+        ),
+    }
+    return ColumnReport(rows, with_text, vectors, verdicts)

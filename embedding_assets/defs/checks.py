@@ -1,0 +1,144 @@
+"""Blocking whole-column checks on `<name>/embeddings`, and the gate that reads them.
+
+The four checks share one scan (`checks.column.evaluate_column`). They are unpartitioned:
+Dagster runs them once per run, so a backfill evaluates them several times. A run that
+leaves partitions unmaterialized does not scan at all: the column cannot be complete yet,
+and scanning 10M rows per backfill run would cost more than the backfill. Those
+evaluations are WARN "deferred"; the run that lands the last partition does the full scan.
+
+A blocking check only stops downstream steps in its own run; `require_checks_passed` is
+the guard the index and the activation run inside their own step, in any run.
+"""
+
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetRecordsFilter,
+    DagsterInstance,
+    Failure,
+    multi_asset_check,
+)
+
+from ..checks.column import evaluate_column
+from ..config import SpaceConfig
+from ..db.registry import get_space
+from .keys import embeddings_key
+from .partitions import id_range_partitions_name
+from .resources import PostgresResource
+
+CHECK_NAMES = ("uniform_dimension", "complete", "one_model", "sane_vectors")
+_DESCRIPTIONS = {
+    "uniform_dimension": "Declared column dimension and every stored vector match the space.",
+    "complete": "Every row with text has a vector computed from its current text.",
+    "one_model": "Every vector was written by this space's model identity.",
+    "sane_vectors": "No zero vectors; unit norms when the space normalises.",
+}
+
+
+def check_keys(space: SpaceConfig) -> list[AssetCheckKey]:
+    return [AssetCheckKey(embeddings_key(space), name) for name in CHECK_NAMES]
+
+
+def pending_partitions(instance: DagsterInstance, space: SpaceConfig) -> list[str]:
+    """Partitions of the space not materialized yet (the backfill is still going)."""
+    known = instance.get_dynamic_partitions(id_range_partitions_name(space))
+    done = instance.get_materialized_partitions(embeddings_key(space))
+    return sorted(set(known) - set(done))
+
+
+def build_space_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
+    @multi_asset_check(
+        specs=[
+            AssetCheckSpec(
+                name, asset=embeddings_key(space), blocking=True, description=_DESCRIPTIONS[name]
+            )
+            for name in CHECK_NAMES
+        ],
+        name=f"{space.name}__column_checks",
+        description=f"Whole-column checks of {space.table}.{space.target_column}, one scan.",
+    )
+    def column_checks(
+        context: AssetCheckExecutionContext, postgres: PostgresResource
+    ) -> Iterator[AssetCheckResult]:
+        pending = pending_partitions(context.instance, space)
+        if pending:
+            reason = (
+                f"deferred: {len(pending)} partitions are not materialized yet; the whole-column "
+                "scan runs in the run that materializes the last one"
+            )
+            for name in CHECK_NAMES:
+                yield AssetCheckResult(
+                    check_name=name,
+                    passed=False,
+                    severity=AssetCheckSeverity.WARN,
+                    description=reason,
+                    metadata={
+                        "deferred": True,
+                        "partitions_pending": len(pending),
+                        "first_pending": pending[0],
+                    },
+                )
+            return
+        with postgres.connect() as conn:
+            record = get_space(conn, space.name)
+            if record is None:
+                raise Failure(
+                    f"space {space.name!r} is not registered; "
+                    f"materialize {space.name}/target_column"
+                )
+            report = evaluate_column(conn, space, record.model_key)
+        for name in CHECK_NAMES:
+            verdict = report.verdicts[name]
+            yield AssetCheckResult(
+                check_name=name,
+                passed=verdict.passed,
+                severity=AssetCheckSeverity.ERROR,
+                description=verdict.description,
+                metadata={"deferred": False, **verdict.metadata},
+            )
+
+    return column_checks
+
+
+class ChecksNotPassed(Failure):
+    """The gate is closed: activation or indexing would expose unchecked data."""
+
+
+def require_checks_passed(instance: DagsterInstance, space: SpaceConfig) -> dict[str, object]:
+    """Fail unless every gating check's latest evaluation passed after the latest write.
+
+    Returns metadata describing the evaluations the decision rested on.
+    """
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys(space))
+    latest = instance.fetch_materializations(AssetRecordsFilter(embeddings_key(space)), limit=1)
+    last_write = latest.records[0].timestamp if latest.records else None
+    if last_write is None:
+        raise ChecksNotPassed(f"{space.name}/embeddings has never been materialized")
+    problems: list[str] = []
+    evaluated_at: list[float] = []
+    for key in check_keys(space):
+        record = records.get(key)
+        evaluation = record.event.asset_check_evaluation if record and record.event else None
+        if record is None or evaluation is None:
+            problems.append(f"{key.name}: never evaluated")
+            continue
+        stamp = record.event.timestamp  # type: ignore[union-attr]
+        if not evaluation.passed:
+            problems.append(f"{key.name}: failed ({evaluation.description or 'see the check'})")
+        elif stamp < last_write:
+            problems.append(f"{key.name}: passed before the latest write to the column")
+        evaluated_at.append(stamp)
+    if problems:
+        raise ChecksNotPassed(
+            f"space {space.name!r} is not validated, refusing to expose it: "
+            + "; ".join(problems)
+            + f". Materialize the missing {space.name}/embeddings partitions or execute the "
+            "checks on it, then retry.",
+            metadata={"problems": problems},
+        )
+    return {"checks_evaluated_at": min(evaluated_at), "last_write_at": last_write}

@@ -1,0 +1,139 @@
+"""Build the HNSW index on a checked space, with CREATE INDEX CONCURRENTLY.
+
+Concurrently, so the table stays writable during a build that can take hours. A concurrent
+build that fails or is cancelled leaves an INVALID index behind, which would block the next
+attempt (same name) and slow every write: it is detected and dropped before retrying.
+Above 2000 dimensions (HNSW's limit for `vector`) the index is on `col::halfvec(d)`; on a
+column declared without a dimension, on `col::vector(d)`. Queries must use the same
+expression to use the index; `index_expression` says which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ..config import SpaceConfig
+from ..db.introspect import column_info, indexes_on_column, inspect_table, table_ident
+from ..errors import DatabaseError
+
+log = logging.getLogger(__name__)
+HNSW_MAX_VECTOR_DIMS = 2000
+HNSW_MAX_HALFVEC_DIMS = 4000
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    name: str
+    created: bool
+    dropped_invalid: list[str]
+    seconds: float
+    size_bytes: int
+    expression: str
+
+
+def index_name(space: SpaceConfig) -> str:
+    """`<table>_<column>_hnsw`, shortened with a digest when it would pass 63 bytes."""
+    name = f"{space.table_name}_{space.target_column}_hnsw"
+    if len(name.encode()) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name.encode()[:50].decode(errors='ignore')}_{digest}_hnsw"
+
+
+def index_expression(space: SpaceConfig, declared_dims: int) -> tuple[sql.Composable, str]:
+    """The indexed expression and its opclass, and the text form for documentation."""
+    dims = space.model.dimensions
+    opclass = space.index.opclass
+    column = sql.Identifier(space.target_column)
+    if dims > HNSW_MAX_HALFVEC_DIMS:
+        raise DatabaseError(
+            f"space {space.name!r}: HNSW supports at most {HNSW_MAX_HALFVEC_DIMS} dimensions "
+            f"(as halfvec); {dims} cannot be indexed"
+        )
+    if dims > HNSW_MAX_VECTOR_DIMS:
+        opclass = opclass.replace("vector_", "halfvec_")
+        expr = sql.SQL("(({}::halfvec({})))").format(column, sql.Literal(dims))
+        text = f"({space.target_column}::halfvec({dims})) {opclass}"
+    elif declared_dims != dims:
+        expr = sql.SQL("(({}::vector({})))").format(column, sql.Literal(dims))
+        text = f"({space.target_column}::vector({dims})) {opclass}"
+    else:
+        expr = column
+        text = f"{space.target_column} {opclass}"
+    return sql.SQL("{} {}").format(expr, sql.SQL(opclass)), text
+
+
+def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResult:
+    """Create the index unless a valid one exists; `conn` must be autocommit."""
+    settings = space.index
+    info = inspect_table(conn, space)
+    target = column_info(conn, info.oid, space.target_column)
+    if target is None:
+        raise DatabaseError(f"space {space.name!r}: {space.target_column} does not exist")
+    name = index_name(space)
+    dropped: list[str] = []
+    for existing in indexes_on_column(conn, info.oid, space.target_column):
+        if not existing.valid:
+            # Left by an interrupted CONCURRENTLY build: useless, and it blocks the name.
+            conn.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(space.schema_name, existing.name)
+                )
+            )
+            dropped.append(existing.name)
+            log.warning("dropped INVALID index %s left by an interrupted build", existing.name)
+    expression, text = index_expression(space, target.typmod)
+    started = time.monotonic()
+    existing_valid = {i.name for i in indexes_on_column(conn, info.oid, space.target_column)}
+    created = name not in existing_valid
+    if created:
+        conn.execute(
+            sql.SQL("SET maintenance_work_mem = {}").format(
+                sql.Literal(settings.maintenance_work_mem)
+            )
+        )
+        conn.execute(
+            sql.SQL("SET max_parallel_maintenance_workers = {}").format(
+                sql.Literal(settings.max_parallel_maintenance_workers)
+            )
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE INDEX CONCURRENTLY {name} ON {t} USING hnsw ({expr})"
+                " WITH (m = {m}, ef_construction = {ef})"
+            ).format(
+                name=sql.Identifier(name),
+                t=table_ident(space),
+                expr=expression,
+                m=sql.Literal(space.index.m),
+                ef=sql.Literal(space.index.ef_construction),
+            )
+        )
+    size = conn.execute(
+        "SELECT pg_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        (space.schema_name, name),
+    ).fetchone()
+    return IndexResult(
+        name=name,
+        created=created,
+        dropped_invalid=dropped,
+        seconds=time.monotonic() - started,
+        size_bytes=int(size[0]) if size else 0,
+        expression=text,
+    )
+
+
+def index_is_valid(conn: psycopg.Connection, space: SpaceConfig, name: str) -> bool:
+    row = conn.execute(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        (space.schema_name, name),
+    ).fetchone()
+    return bool(row and row[0])
