@@ -87,13 +87,87 @@ def demo(
         f"vectors: {report.vectors:,}, dimensions {report.dims}, model keys {report.model_keys}",
         highlight=False,
     )
-    if not report.complete:
-        console.print("[bold red]incomplete:[/] some rows with text have no vector")
+    checks = ", ".join(
+        f"{name} {'passed' if ok else 'FAILED'}" for name, ok in report.checks.items()
+    )
+    console.print(f"checks: {checks}", highlight=False)
+    if report.index:
+        idx = report.index
+        console.print(
+            f"index: {idx['index_name']} ({idx['expression']}), built in "
+            f"{float(idx['build_seconds']):.2f}s, {int(idx['index_size_bytes']):,} bytes",
+            highlight=False,
+        )
+    if report.activation:
+        act = report.activation
+        console.print(
+            f"registry: {report.space} is {act['status']} for {act['table']} "
+            f"(column {act['column']}; retired: {act['retired_spaces']}). Applications query:\n"
+            f"  SELECT * FROM embedding_backfills.active_column('{act['table']}');",
+            highlight=False,
+        )
+    if not report.complete or not report.activation:
+        console.print("[bold red]not activated:[/] the space did not pass its checks; see the UI")
         raise typer.Exit(1)
     console.print(
-        "[bold green]complete:[/] every row with text has a vector from one model. "
-        "Open the UI with `dagster dev` to see the runs."
+        "[bold green]done:[/] every row with text has a checked vector from one model; the "
+        "space is indexed and active. `dagster dev` shows the runs, checks and metadata."
     )
+
+
+@app.command()
+def rollback(
+    table: Annotated[str, typer.Argument(help="schema.table whose previous space to restore")],
+    to: Annotated[str | None, typer.Option(help="A specific retired space")] = None,
+) -> None:
+    """Make the previous space of TABLE active again, if its column, index and checks hold."""
+    from .config import load_config
+    from .db.connection import connection
+    from .lifecycle.activation import rollback as do_rollback
+
+    try:
+        with connection(autocommit=True) as conn:
+            switch = do_rollback(conn, load_config(), table, to)
+    except EmbeddingBackfillError as err:
+        _fail(err)
+    console.print(
+        f"[bold green]{switch.activated}[/] is active for {table}; retired: "
+        f"{', '.join(switch.retired) or 'none'}"
+    )
+
+
+retention = typer.Typer(help="Back up and drop retired spaces (never automatic).")
+app.add_typer(retention, name="retention")
+
+
+@retention.command("backup")
+def retention_backup(space: Annotated[str, typer.Argument(help="Space name")]) -> None:
+    """Write SPACE's (id, vector) pairs to a binary COPY file and record it in the registry."""
+    from .config import load_config
+    from .db.connection import connection
+    from .lifecycle.retention import backup_space
+
+    try:
+        with connection(autocommit=True) as conn:
+            backup = backup_space(conn, load_config().space(space))
+    except EmbeddingBackfillError as err:
+        _fail(err)
+    console.print(f"backed up {backup.rows:,} vectors ({backup.bytes:,} bytes) to {backup.path}")
+
+
+@retention.command("drop")
+def retention_drop(space: Annotated[str, typer.Argument(help="A retired space")]) -> None:
+    """Drop a retired SPACE's index and columns, after its delay and a backup."""
+    from .config import load_config
+    from .db.connection import connection
+    from .lifecycle.retention import drop_retired_space
+
+    try:
+        with connection(autocommit=True) as conn:
+            dropped = drop_retired_space(conn, load_config().space(space))
+    except EmbeddingBackfillError as err:
+        _fail(err)
+    console.print(f"dropped {', '.join(dropped)}")
 
 
 def main() -> None:  # pragma: no cover

@@ -84,6 +84,14 @@ def test_happy_path_checks_pass_index_built_space_active(
     ).fetchone()
     assert by_model == (0,)
 
+    # upkeep of the live space (an edited text, a new row) writes through its index
+    conn.execute("UPDATE docs SET body = 'edited text' WHERE id = 1")
+    conn.execute("INSERT INTO docs VALUES (1300, 'a late row')")
+    assert materialize_target(space, dagster_instance)["registry_status"] == "active"
+    runs = materialize_partitions(space, dagster_instance)
+    assert sum(int(m["rows_embedded"]) for m in runs) == 2
+    assert index_exists(conn, index_name(space))
+
 
 def test_checks_are_deferred_while_partitions_are_missing(
     conn: psycopg.Connection, dagster_instance: DagsterInstance
@@ -251,13 +259,17 @@ def test_an_interrupted_index_build_does_not_block_the_next(
     deadline = time.monotonic() + 60
     cancelled = False
     while time.monotonic() < deadline and not cancelled:
+        # cancel only once the build has registered its (not yet valid) index in the catalog
         cancelled = bool(
             conn.execute(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
-                " WHERE query LIKE 'CREATE INDEX CONCURRENTLY%%' AND pid <> pg_backend_pid()"
+                "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a"
+                " WHERE a.query LIKE 'CREATE INDEX CONCURRENTLY%%' AND a.pid <> pg_backend_pid()"
+                " AND EXISTS (SELECT 1 FROM pg_index i"
+                "             WHERE i.indexrelid = to_regclass(%s) AND NOT i.indisvalid)",
+                (index_name(space),),
             ).fetchall()
         )
-        time.sleep(0.01)
+        time.sleep(0.005)
     thread.join(timeout=60)
     assert cancelled
     invalid = conn.execute(

@@ -6,8 +6,14 @@ leaves partitions unmaterialized does not scan at all: the column cannot be comp
 and scanning 10M rows per backfill run would cost more than the backfill. Those
 evaluations are WARN "deferred"; the run that lands the last partition does the full scan.
 
+`complete` fails with WARN, the others with ERROR. An incomplete column is a normal state
+while partitions are re-run (after new rows, edited texts, or the same data re-embedded):
+it must keep the index and the activation closed, not fail every run that is fixing it.
+A wrong dimension, a foreign model or a zero vector is corruption: ERROR fails the run.
+
 A blocking check only stops downstream steps in its own run; `require_checks_passed` is
-the guard the index and the activation run inside their own step, in any run.
+the guard the index and the activation run inside their own step, in any run, and it
+requires every check to have passed, whatever its severity.
 """
 
 from collections.abc import Iterator
@@ -97,7 +103,9 @@ def build_space_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
             yield AssetCheckResult(
                 check_name=name,
                 passed=verdict.passed,
-                severity=AssetCheckSeverity.ERROR,
+                severity=AssetCheckSeverity.WARN
+                if name == "complete"
+                else AssetCheckSeverity.ERROR,
                 description=verdict.description,
                 metadata={"deferred": False, **verdict.metadata},
             )

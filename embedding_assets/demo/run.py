@@ -14,9 +14,12 @@ from psycopg import sql
 from ..config import ProjectConfig, SpaceConfig, load_config
 from ..db.connection import connection, database_url, redacted
 from ..db.introspect import table_ident
-from ..defs.assets import build_space_assets, embeddings_key, target_column_key
+from ..defs.assets import build_space_assets
+from ..defs.checks import build_space_checks
+from ..defs.keys import embeddings_key, hnsw_index_key, registry_key, target_column_key
 from ..defs.partitions import id_range_partitions_name
 from ..defs.resources import EmbeddingModelsResource, PostgresResource
+from ..defs.visibility import build_visibility_assets
 from ..instance import project_instance
 from .seed import seed_demo_table
 
@@ -37,6 +40,9 @@ class DemoReport:
     rows_with_text: int = 0
     dims: list[int] = field(default_factory=list)
     model_keys: int = 0
+    checks: dict[str, bool] = field(default_factory=dict)
+    index: dict[str, object] = field(default_factory=dict)
+    activation: dict[str, object] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -87,7 +93,11 @@ def run_demo(
     report = DemoReport(redacted(url), space.name, rows)
 
     instance = instance or project_instance()
-    assets = build_space_assets(space)
+    assets = [
+        *build_space_assets(space),
+        *build_visibility_assets(space),
+        build_space_checks(space),
+    ]
     resources = {
         "postgres": PostgresResource(database_url=url),
         "embedding_models": EmbeddingModelsResource(),
@@ -104,10 +114,16 @@ def run_demo(
             run_config=quiet,
         )
         assert result.success
+        for evaluation in result.get_asset_check_evaluations():
+            report.checks[evaluation.check_name] = evaluation.passed
         return _metadata_of(result, selection)
 
     run(target_column_key(space))
+    # One run per partition, each with the column checks; the last one scans the column.
     for key in sorted(instance.get_dynamic_partitions(id_range_partitions_name(space))):
         report.partitions.append(PartitionReport(key, run(embeddings_key(space), key)))
+    if report.checks and all(report.checks.values()):
+        report.index = run(hnsw_index_key(space))
+        report.activation = run(registry_key(space))
     report.vectors, report.rows_with_text, report.dims, report.model_keys = verify_space(space, url)
     return report

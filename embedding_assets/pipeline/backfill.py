@@ -20,13 +20,13 @@ import psycopg
 
 from ..config import SpaceConfig
 from ..db.connection import connection
-from ..db.introspect import indexes_on_column, inspect_table
+from ..db.introspect import inspect_table
 from ..db.registry import SpaceRecord, check_registration
 from ..errors import DatabaseError, SpaceConflictError
 from ..providers import EmbeddingProvider
 from .progress import Progress
 from .reader import Page, count_rows, iter_pages
-from .target import check_fingerprint
+from .target import check_fingerprint, indexes_blocking_writes
 from .writer import VectorWriter
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ def preflight(
         raise DatabaseError(
             f"space {space.name!r} is not in the registry; materialize {space.name}/target_column"
         )
-    indexes = indexes_on_column(conn, info.oid, space.target_column)
-    if indexes:
+    blocking = indexes_blocking_writes(conn, space, info.oid, record)
+    if blocking:
         raise SpaceConflictError(
-            f"space {space.name!r}: index {', '.join(i.name for i in indexes)} exists on "
+            f"space {space.name!r}: index {', '.join(blocking)} exists on "
             f"{space.table}.{space.target_column}; writing into an indexed vector column is "
             "~100x slower. Drop the index (it is rebuilt after the checks pass)"
         )

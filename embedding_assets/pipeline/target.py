@@ -51,6 +51,20 @@ def check_fingerprint(space: SpaceConfig, record: SpaceRecord | None, current: F
         )
 
 
+def indexes_blocking_writes(
+    conn: psycopg.Connection, space: SpaceConfig, table_oid: int, record: SpaceRecord | None
+) -> list[str]:
+    """Indexes on the target column of a space that is still being built.
+
+    A bulk backfill into an indexed column runs ~100x slower, and the index would cover
+    unchecked data. Once the space has been validated and indexed (active or retired),
+    writes are incremental upkeep (new rows, edited texts) and the index stays.
+    """
+    if record is not None and record.status != "building":
+        return []
+    return [i.name for i in indexes_on_column(conn, table_oid, space.target_column)]
+
+
 def prepare_target_column(
     conn: psycopg.Connection,
     space: SpaceConfig,
@@ -73,18 +87,15 @@ def prepare_target_column(
 
     dropped: list[str] = []
     if info.target is not None:
-        indexes = indexes_on_column(conn, info.oid, space.target_column)
-        if indexes:
-            names = ", ".join(i.name for i in indexes)
-            building = record is None or record.status == "building"
-            if not (drop_index and building):
-                raise SpaceConflictError(
-                    f"space {space.name!r}: index {names} exists on {space.table}."
-                    f"{space.target_column}; writing into an indexed vector column is ~100x "
-                    "slower and the index would cover unchecked data. Drop it, or materialize "
-                    "with drop_index: true while the space is still building"
-                )
-            dropped = [i.name for i in indexes]
+        blocking = indexes_blocking_writes(conn, space, info.oid, record)
+        if blocking and not drop_index:
+            raise SpaceConflictError(
+                f"space {space.name!r}: index {', '.join(blocking)} exists on {space.table}."
+                f"{space.target_column}; writing into an indexed vector column is ~100x "
+                "slower and the index would cover unchecked data. Drop it, or materialize "
+                "with drop_index: true while the space is still building"
+            )
+        dropped = blocking
 
     created = info.target is None
     apply_migrations(conn)  # the first write: extension, registry schema
