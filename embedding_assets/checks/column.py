@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import INTEGER_TYPES, column_info, table_ident, text_expression
+from ..db.introspect import INTEGER_TYPES, column_info, space_sql
 
 NORM_TOLERANCE = 1e-3
 EXAMPLE_IDS = 5
@@ -69,14 +69,6 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
     digits = INTEGER_TYPES.get(id_col.type_name, 19)
     dims = space.model.dimensions
 
-    ident = {
-        "t": table_ident(space),
-        "id": sql.Identifier(space.id_column),
-        "v": sql.Identifier(space.target_column),
-        "hc": sql.Identifier(space.text_hash_column),
-        "k": sql.Identifier(space.model_key_column),
-        "text": text_expression(space),
-    }
     query = sql.SQL(
         """
         WITH s AS (
@@ -116,7 +108,7 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
                min(norm), max(norm)
         FROM f
         """
-    ).format(**ident)
+    ).format(**space_sql(space))
     row = conn.execute(
         query,
         {

@@ -55,6 +55,19 @@ def table_ident(space: SpaceConfig) -> sql.Composed:
     )
 
 
+def space_sql(space: SpaceConfig) -> dict[str, sql.Composable]:
+    """The quoted names every query of a space uses, for `sql.SQL(...).format(**...)`:
+    t table, id key, v vector, hc text hash, k model key, text the text expression."""
+    return {
+        "t": table_ident(space),
+        "id": sql.Identifier(space.id_column),
+        "v": sql.Identifier(space.target_column),
+        "hc": sql.Identifier(space.text_hash_column),
+        "k": sql.Identifier(space.model_key_column),
+        "text": text_expression(space),
+    }
+
+
 def text_expression(space: SpaceConfig) -> sql.Composable:
     """The text to embed, as SQL. `text_sql` is trusted configuration, like a view body."""
     if space.text_sql is not None:

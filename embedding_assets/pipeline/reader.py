@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import table_ident, text_expression
+from ..db.introspect import space_sql, table_ident
 
 
 @dataclass
@@ -47,14 +47,7 @@ def page_query(space: SpaceConfig) -> sql.Composed:
         ORDER BY t.{id}
         LIMIT %(limit)s
         """
-    ).format(
-        id=sql.Identifier(space.id_column),
-        v=sql.Identifier(space.target_column),
-        k=sql.Identifier(space.model_key_column),
-        hc=sql.Identifier(space.text_hash_column),
-        t=table_ident(space),
-        text=text_expression(space),
-    )
+    ).format(**space_sql(space))
 
 
 def iter_pages(

@@ -17,7 +17,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import table_ident
+from ..db.introspect import space_sql
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
@@ -74,14 +74,7 @@ class VectorWriter:
             )
         else:
             register_vector(conn)
-        ident = {
-            "t": table_ident(space),
-            "id": sql.Identifier(space.id_column),
-            "v": sql.Identifier(space.target_column),
-            "hc": sql.Identifier(space.text_hash_column),
-            "k": sql.Identifier(space.model_key_column),
-            "s": sql.Identifier(STAGE_TABLE),
-        }
+        ident = {**space_sql(space), "s": sql.Identifier(STAGE_TABLE)}
         self._copy = sql.SQL("COPY {s} (id, v, h) FROM STDIN (FORMAT BINARY)").format(**ident)
         self._update = sql.SQL(
             "UPDATE {t} AS t SET {v} = s.v, {hc} = s.h, {k} = %(key)s FROM {s} AS s"
