@@ -69,9 +69,11 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
     digits = INTEGER_TYPES.get(id_col.type_name, 19)
     dims = space.model.dimensions
 
+    # MATERIALIZED: each row's hash, dims and norm are computed (and its vector detoasted)
+    # once, not once per reference below (measured 4-5x faster at 1024 dims).
     query = sql.SQL(
         """
-        WITH s AS (
+        WITH s AS MATERIALIZED (
             SELECT t.{id} AS id, t.{v} IS NOT NULL AS has_v,
                    CASE WHEN t.{v} IS NULL THEN NULL ELSE vector_dims(t.{v}) END AS dims,
                    CASE WHEN t.{v} IS NULL THEN NULL ELSE vector_norm(t.{v}) END AS norm,
@@ -94,7 +96,7 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
         )
         SELECT count(*), count(*) FILTER (WHERE h IS NOT NULL), count(*) FILTER (WHERE has_v),
                count(*) FILTER (WHERE bad_dims),
-               array_agg(DISTINCT dims) FILTER (WHERE has_v),
+               array_agg(DISTINCT dims) FILTER (WHERE bad_dims),
                (array_agg(id ORDER BY id) FILTER (WHERE bad_dims))[1:%(n)s],
                count(*) FILTER (WHERE missing), count(*) FILTER (WHERE stale),
                count(*) FILTER (WHERE orphan),
@@ -102,7 +104,8 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
                (array_agg(id ORDER BY id) FILTER (WHERE missing OR stale OR orphan))[1:%(n)s],
                count(*) FILTER (WHERE other_model),
                (array_agg(id ORDER BY id) FILTER (WHERE other_model))[1:%(n)s],
-               count(DISTINCT k) FILTER (WHERE has_v),
+               count(DISTINCT k) FILTER (WHERE other_model),
+               count(*) FILTER (WHERE has_v AND NOT other_model),
                count(*) FILTER (WHERE zero), count(*) FILTER (WHERE not_unit),
                (array_agg(id ORDER BY id) FILTER (WHERE zero OR not_unit))[1:%(n)s],
                min(norm), max(norm)
@@ -121,9 +124,12 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
         },
     ).fetchone()
     assert row is not None
-    (rows, with_text, vectors, bad_dims, dims_seen, bad_dim_ids, missing, stale, orphan,
-     rerun_buckets, rerun_ids, other, other_ids, model_keys, zero, not_unit, insane_ids,
-     min_norm, max_norm) = row  # fmt: skip
+    # DISTINCT aggregates sort their input: only the (few) failing rows go through them.
+    (rows, with_text, vectors, bad_dims, other_dims, bad_dim_ids, missing, stale, orphan,
+     rerun_buckets, rerun_ids, other, other_ids, foreign_keys, ours, zero, not_unit,
+     insane_ids, min_norm, max_norm) = row  # fmt: skip
+    dims_seen = sorted(set(other_dims or []) | ({dims} if vectors > bad_dims else set()))
+    model_keys = foreign_keys + (1 if ours else 0)
 
     declared = target.typmod
     declared_ok = declared in (dims, -1)
@@ -140,7 +146,7 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
             {
                 "declared_dimension": declared if declared > 0 else "none",
                 "configured_dimension": dims,
-                "dimensions_found": sorted(dims_seen or []),
+                "dimensions_found": dims_seen,
                 "vectors_wrong_dimension": bad_dims,
                 "example_ids": list(bad_dim_ids or []),
             },
