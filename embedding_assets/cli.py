@@ -79,6 +79,14 @@ def demo(
             f"{float(m.get('seconds', 0)):.2f}",
             f"{float(m.get('rows_per_second', 0)):,.0f}",
         )
+    if report.adoption:
+        ad = report.adoption
+        console.print(
+            f"adopted {ad['space']} ({ad['model']}) as {ad['status']}: re-embedded "
+            f"{ad['sample_size']} sampled rows, cosine min {float(ad['min_cosine']):.4f} "
+            f"(no vector written)",
+            highlight=False,
+        )
     console.print(table)
     model = report.partitions[0].metadata.get("model", "?") if report.partitions else "?"
     console.print(

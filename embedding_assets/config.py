@@ -98,8 +98,17 @@ class RetentionConfig(_Strict):
         return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+class AdoptionConfig(_Strict):
+    """How an existing column's claimed model is verified before it is registered."""
+
+    sample_size: int = Field(default=300, gt=0, le=100_000)
+    # The same model on other hardware agrees to ~1e-6; another model, or other settings
+    # (normalisation, `dimensions`, truncation), falls far below.
+    min_cosine: float = Field(default=0.999, gt=0, le=1)
+
+
 class SpaceConfig(_Strict):
-    """One vector space: a table, a model, and the new column the model writes."""
+    """One vector space: a table, a model, and the column the model writes (or wrote)."""
 
     name: str
     table: str
@@ -118,6 +127,11 @@ class SpaceConfig(_Strict):
     )
     index: IndexConfig = IndexConfig()
     retention: RetentionConfig = RetentionConfig()
+    adopt: bool = Field(
+        default=False,
+        description="target_column already holds this model's vectors: verify and register it",
+    )
+    adoption: AdoptionConfig = AdoptionConfig()
 
     @field_validator("name")
     @classmethod

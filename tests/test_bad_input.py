@@ -261,7 +261,10 @@ def test_config_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_repository_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "embedding_backfills.yaml")
-    assert config.spaces[0].model.dimensions == 384
+    assert {(s.name, s.adopt, s.model.dimensions) for s in config.spaces} == {
+        ("docs_legacy", True, 256),
+        ("docs_minilm", False, 384),
+    }
 
 
 def test_identifiers_are_quoted_not_formatted(conn: psycopg.Connection, db_url: str) -> None:

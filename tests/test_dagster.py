@@ -47,7 +47,8 @@ def test_workspace_loads_in_dagster() -> None:
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert keys == {
-        f"docs_minilm/{a}" for a in ("target_column", "embeddings", "hnsw_index", "registry")
+        "docs_legacy/adoption",
+        *(f"docs_minilm/{a}" for a in ("target_column", "embeddings", "hnsw_index", "registry")),
     }
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {"uniform_dimension", "complete", "one_model", "sane_vectors"}

@@ -55,8 +55,15 @@ def _partition_keys(buckets: list[int] | None, size: int, digits: int) -> list[s
     ]
 
 
-def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int) -> ColumnReport:
-    """Compute all four verdicts with one scan; ids and counts only, never text."""
+def evaluate_column(
+    conn: psycopg.Connection, space: SpaceConfig, model_key: int, *, provenance: bool = True
+) -> ColumnReport:
+    """Compute all four verdicts with one scan; ids and counts only, never text.
+
+    `provenance=False` is for adopted columns, which have no per-row text hash or model key:
+    their model was verified on a sample at adoption, and rows without a vector are reported
+    (coverage), not failed: an adopted column is frozen while its successor is built.
+    """
     table_oid = conn.execute(
         "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s",
@@ -77,7 +84,7 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
             SELECT t.{id} AS id, t.{v} IS NOT NULL AS has_v,
                    CASE WHEN t.{v} IS NULL THEN NULL ELSE vector_dims(t.{v}) END AS dims,
                    CASE WHEN t.{v} IS NULL THEN NULL ELSE vector_norm(t.{v}) END AS norm,
-                   t.{k} AS k, t.{hc} AS hc, h.h
+                   {k_expr} AS k, {hc_expr} AS hc, h.h
             FROM {t} AS t
             CROSS JOIN LATERAL (SELECT {text} AS txt) AS x
             CROSS JOIN LATERAL (
@@ -111,7 +118,15 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
                min(norm), max(norm)
         FROM f
         """
-    ).format(**space_sql(space))
+    ).format(
+        k_expr=sql.SQL("t.{}").format(sql.Identifier(space.model_key_column))
+        if provenance
+        else sql.SQL("%(key)s::bigint"),
+        hc_expr=sql.SQL("t.{}").format(sql.Identifier(space.text_hash_column))
+        if provenance
+        else sql.SQL("h.h"),
+        **space_sql(space),
+    )
     row = conn.execute(
         query,
         {
@@ -153,9 +168,10 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
         ),
         "complete": CheckVerdict(
             "complete",
-            missing == 0 and stale == 0 and orphan == 0,
+            (missing == 0 and stale == 0 and orphan == 0) or not provenance,
             f"{missing} rows with text lack a vector, {stale} vectors are stale (text changed), "
-            f"{orphan} vectors belong to rows whose text is now empty",
+            f"{orphan} vectors belong to rows whose text is now empty"
+            + ("" if provenance else " (adopted column: coverage reported, not enforced)"),
             {
                 "rows": rows,
                 "rows_with_text": with_text,
@@ -170,7 +186,9 @@ def evaluate_column(conn: psycopg.Connection, space: SpaceConfig, model_key: int
         "one_model": CheckVerdict(
             "one_model",
             other == 0,
-            f"{other} of {vectors} vectors were written by another model (or without provenance)",
+            f"{other} of {vectors} vectors were written by another model (or without provenance)"
+            if provenance
+            else "adopted column, no per-row provenance: the model was verified on a sample",
             {
                 "model_key": str(model_key),
                 "vectors_other_model": other,

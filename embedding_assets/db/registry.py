@@ -44,6 +44,9 @@ class SpaceRecord:
     backup_path: str | None = None
     backed_up_at: datetime | None = None
     dropped_at: datetime | None = None
+    # added by sql/003
+    adopted: bool = False
+    adoption_report: dict[str, object] | None = None
 
     @property
     def identity(self) -> ModelIdentity:

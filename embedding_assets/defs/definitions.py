@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import Definitions
 
 from ..config import ProjectConfig, load_config
+from .adoption import build_adoption_assets
 from .assets import build_space_assets
 from .checks import build_space_checks
 from .jobs import drop_retired_vector_space, rollback_vector_space
@@ -14,14 +15,14 @@ from .visibility import build_visibility_assets
 
 def build_definitions(config: ProjectConfig | None = None) -> Definitions:
     project = config or load_config()
+    built = [s for s in project.spaces if not s.adopt]
     assets = [
-        a
-        for space in project.spaces
-        for a in (*build_space_assets(space), *build_visibility_assets(space))
+        *(a for s in built for a in (*build_space_assets(s), *build_visibility_assets(s))),
+        *(a for s in project.spaces if s.adopt for a in build_adoption_assets(s)),
     ]
     return Definitions(
         assets=assets,
-        asset_checks=[build_space_checks(space) for space in project.spaces],
+        asset_checks=[build_space_checks(s) for s in built],
         jobs=[rollback_vector_space, drop_retired_vector_space],
         resources={
             "postgres": PostgresResource(),

@@ -19,3 +19,7 @@ def hnsw_index_key(space: SpaceConfig) -> AssetKey:
 
 def registry_key(space: SpaceConfig) -> AssetKey:
     return AssetKey([space.name, "registry"])
+
+
+def adoption_key(space: SpaceConfig) -> AssetKey:
+    return AssetKey([space.name, "adoption"])

@@ -14,9 +14,16 @@ from psycopg import sql
 from ..config import ProjectConfig, SpaceConfig, load_config
 from ..db.connection import connection, database_url, redacted
 from ..db.introspect import table_ident
+from ..defs.adoption import build_adoption_assets
 from ..defs.assets import build_space_assets
 from ..defs.checks import build_space_checks
-from ..defs.keys import embeddings_key, hnsw_index_key, registry_key, target_column_key
+from ..defs.keys import (
+    adoption_key,
+    embeddings_key,
+    hnsw_index_key,
+    registry_key,
+    target_column_key,
+)
 from ..defs.partitions import id_range_partitions_name
 from ..defs.resources import EmbeddingModelsResource, PostgresResource
 from ..defs.visibility import build_visibility_assets
@@ -43,6 +50,7 @@ class DemoReport:
     checks: dict[str, bool] = field(default_factory=dict)
     index: dict[str, object] = field(default_factory=dict)
     activation: dict[str, object] = field(default_factory=dict)
+    adoption: dict[str, object] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -86,10 +94,20 @@ def run_demo(
     log_level: str = "WARNING",
 ) -> DemoReport:
     project = config or load_config()
-    space = project.spaces[0]
+    space = next(s for s in project.spaces if not s.adopt)
+    legacy = next((s for s in project.spaces if s.adopt), None)
     url = database_url()
     with connection(url, autocommit=True) as conn:
-        rows = seed_demo_table(conn, schema=space.schema_name, reset=reset)
+        if legacy is None:
+            rows = seed_demo_table(conn, schema=space.schema_name, reset=reset)
+        else:
+            rows = seed_demo_table(
+                conn,
+                schema=space.schema_name,
+                reset=reset,
+                legacy_model=legacy.model,
+                legacy_column=legacy.target_column,
+            )
     report = DemoReport(redacted(url), space.name, rows)
 
     instance = instance or project_instance()
@@ -97,6 +115,7 @@ def run_demo(
         *build_space_assets(space),
         *build_visibility_assets(space),
         build_space_checks(space),
+        *(build_adoption_assets(legacy) if legacy else []),
     ]
     resources = {
         "postgres": PostgresResource(database_url=url),
@@ -118,6 +137,8 @@ def run_demo(
             report.checks[evaluation.check_name] = evaluation.passed
         return _metadata_of(result, selection)
 
+    if legacy is not None:  # what applications query today, registered first
+        report.adoption = {"space": legacy.name, **run(adoption_key(legacy))}
     run(target_column_key(space))
     # One run per partition, each with the column checks; the last one scans the column.
     for key in sorted(instance.get_dynamic_partitions(id_range_partitions_name(space))):

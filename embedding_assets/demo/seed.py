@@ -21,11 +21,17 @@ LEGACY_MODEL = ModelConfig(provider="hash", name="legacy-hash", dimensions=256)
 
 
 def seed_demo_table(
-    conn: psycopg.Connection, *, schema: str = "public", reset: bool = False
+    conn: psycopg.Connection,
+    *,
+    schema: str = "public",
+    reset: bool = False,
+    legacy_model: ModelConfig = LEGACY_MODEL,
+    legacy_column: str = LEGACY_COLUMN,
 ) -> int:
     """Create and fill `<schema>.documents` unless it is already there; return its row count.
 
     `conn` must be autocommit. `reset` drops the table (and its registry entries) first.
+    The legacy column is filled by `legacy_model` (the adopted space's declared model).
     """
     ensure_pgvector(conn)
     table = sql.Identifier(schema, DEMO_TABLE)
@@ -47,7 +53,7 @@ def seed_demo_table(
         return int(row[0]) if row else 0
 
     docs = stdlib_documents()
-    legacy = build_provider(LEGACY_MODEL)
+    legacy = build_provider(legacy_model)
     texts = [d.body for d in docs if d.body]
     vectors = iter(legacy.embed(texts).vectors)
     register_vector(conn)
@@ -55,14 +61,18 @@ def seed_demo_table(
         conn.execute(
             sql.SQL(
                 "CREATE TABLE {t} (id integer PRIMARY KEY, title text NOT NULL, body text,"
-                " {legacy} vector(256))"
-            ).format(t=table, legacy=sql.Identifier(LEGACY_COLUMN))
+                " {legacy} vector({dims}))"
+            ).format(
+                t=table,
+                legacy=sql.Identifier(legacy_column),
+                dims=sql.Literal(legacy_model.dimensions),
+            )
         )
         with (
             conn.cursor() as cur,
             cur.copy(
                 sql.SQL("COPY {t} (id, title, body, {legacy}) FROM STDIN (FORMAT BINARY)").format(
-                    t=table, legacy=sql.Identifier(LEGACY_COLUMN)
+                    t=table, legacy=sql.Identifier(legacy_column)
                 )
             ) as copy,
         ):

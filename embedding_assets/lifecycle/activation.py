@@ -139,12 +139,14 @@ def rollback(
     info = inspect_table(conn, space)
     if column_info(conn, info.oid, space.target_column) is None:
         raise SpaceConflictError(f"space {record.name!r}: column {space.target_column} is gone")
-    if not record.index_name or not index_is_valid(conn, space, record.index_name):
+    # An adopted column may never have had an index; a built space always has one.
+    needs_index = record.index_name is not None or not record.adopted
+    if needs_index and not (record.index_name and index_is_valid(conn, space, record.index_name)):
         raise SpaceConflictError(
             f"space {record.name!r}: its index {record.index_name} is missing or INVALID; "
             f"materialize {record.name}/hnsw_index, then roll back"
         )
-    report = evaluate_column(conn, space, record.model_key)
+    report = evaluate_column(conn, space, record.model_key, provenance=not record.adopted)
     if not report.passed:
         failed = ", ".join(
             f"{v.name} ({v.description})" for v in report.verdicts.values() if not v.passed
