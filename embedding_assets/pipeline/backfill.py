@@ -24,6 +24,7 @@ from ..db.introspect import inspect_table
 from ..db.registry import SpaceRecord, check_registration
 from ..errors import DatabaseError, SpaceConflictError
 from ..providers import EmbeddingProvider
+from .partitions import IdRange, occupied_ranges, partition_lock_key
 from .progress import Progress
 from .reader import Page, count_rows, iter_pages
 from .target import check_fingerprint, indexes_blocking_writes
@@ -82,6 +83,33 @@ def preflight(
     return record
 
 
+def lock_partitions(
+    conn: psycopg.Connection,
+    space: SpaceConfig,
+    first: int,
+    last: int,
+    logger: logging.Logger | logging.LoggerAdapter | object = log,
+) -> list[IdRange]:
+    """Hold a session advisory lock on every occupied partition of the range.
+
+    Runs may be spread over machines and may group partitions differently (two backfills,
+    a sensor run): the same partition is never embedded by two runs at once. A second run
+    waits, then finds the rows done and skips them. Locks go in ascending order (no
+    deadlock) and are released when the connection closes, also when a run dies.
+    """
+    partitions = occupied_ranges(conn, space, IdRange(first, last))
+    for partition in partitions:
+        key = partition_lock_key(space, partition)
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not (got and got[0]):
+            logger.info(  # type: ignore[attr-defined]
+                f"partition {partition.first}..{partition.last} of {space.name} is being "
+                "embedded by another run; waiting for it to finish"
+            )
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+    return partitions
+
+
 @dataclass
 class _Batch:
     ids: list[int]
@@ -137,6 +165,7 @@ def embed_range(
         ThreadPoolExecutor(1, thread_name_prefix="write") as writer_pool,
     ):
         preflight(read_conn, space, provider)
+        lock_partitions(read_conn, space, first, last, logger)
         total = count_rows(read_conn, space, first, last)
         progress = Progress(total, f"{space.name} ids {first}-{last}", logger, progress_every)
         writer = VectorWriter(write_conn, space, model_key)

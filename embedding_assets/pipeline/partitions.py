@@ -7,6 +7,7 @@ get a partition, found with a skip scan over the primary key (one index probe pe
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import psycopg
@@ -54,12 +55,24 @@ def is_current_key(key: str, digits: int, size: int) -> bool:
     )
 
 
+def partition_lock_key(space: SpaceConfig, partition: IdRange) -> int:
+    """The advisory-lock key of one partition of one space (signed 64-bit)."""
+    digest = hashlib.blake2b(
+        f"{space.schema_name}.{space.table_name}.{space.target_column}:{partition.first}".encode(),
+        digest_size=8,
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def bucket_range(bucket: int, size: int) -> IdRange:
     return IdRange(bucket * size, bucket * size + size - 1)
 
 
-def occupied_ranges(conn: psycopg.Connection, space: SpaceConfig) -> list[IdRange]:
-    """Ranges of `partition_size` ids that hold at least one row, in key order."""
+def occupied_ranges(
+    conn: psycopg.Connection, space: SpaceConfig, within: IdRange | None = None
+) -> list[IdRange]:
+    """Ranges of `partition_size` ids that hold at least one row, in key order
+    (only those overlapping `within`, when given)."""
     ident = sql.Identifier(space.id_column)
     table = table_ident(space)
     size = space.partition_size
@@ -75,15 +88,22 @@ def occupied_ranges(conn: psycopg.Connection, space: SpaceConfig) -> list[IdRang
     query = sql.SQL(
         """
         WITH RECURSIVE b(bucket) AS (
-            SELECT (SELECT min({id}) FROM {t}) / %(size)s
+            SELECT (SELECT min({id}) FROM {t} WHERE {id} >= %(lo)s) / %(size)s
             UNION ALL
             SELECT (SELECT min({id}) FROM {t} WHERE {id} >= (b.bucket + 1) * %(size)s) / %(size)s
-            FROM b WHERE b.bucket IS NOT NULL
+            FROM b WHERE b.bucket IS NOT NULL AND (b.bucket + 1) * %(size)s <= %(hi)s
         )
-        SELECT bucket FROM b WHERE bucket IS NOT NULL LIMIT %(cap)s
+        SELECT bucket FROM b WHERE bucket IS NOT NULL AND bucket * %(size)s <= %(hi)s
+        LIMIT %(cap)s
         """
     ).format(id=ident, t=table)
-    buckets = [r[0] for r in conn.execute(query, {"size": size, "cap": MAX_PARTITIONS + 1})]
+    lo, hi = (within.first, within.last) if within else (0, 2**63 - 1)
+    buckets = [
+        r[0]
+        for r in conn.execute(
+            query, {"size": size, "cap": MAX_PARTITIONS + 1, "lo": max(lo, 0), "hi": hi}
+        )
+    ]
     if len(buckets) > MAX_PARTITIONS:
         raise DatabaseError(
             f"space {space.name!r}: more than {MAX_PARTITIONS} partitions of {size} ids; "
