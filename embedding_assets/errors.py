@@ -27,3 +27,10 @@ class ProviderError(EmbeddingBackfillError):
 
 class DimensionMismatchError(ProviderError):
     """The provider returned vectors whose dimension differs from the configured one."""
+
+
+class EndpointUnavailableError(ProviderError):
+    """The endpoint stayed unreachable, overloaded or rate-limited through every retry.
+
+    Transient by nature: the Dagster step is retried later, with exponential backoff.
+    """

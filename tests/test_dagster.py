@@ -23,7 +23,7 @@ from dagster._core.storage.tags import (
 
 from embedding_assets.config import PROJECT_ROOT, parse_config
 from embedding_assets.defs import build_definitions
-from embedding_assets.defs.assets import embeddings_key
+from embedding_assets.defs.assets import build_space_assets, embeddings_key
 from embedding_assets.defs.partitions import id_range_partitions_name
 
 
@@ -113,3 +113,25 @@ def test_logs_and_metadata_carry_no_row_text(
     assert "rows_embedded" in text  # the metadata is there...
     assert secret not in text  # ...the row text is not
     assert "document number" not in text
+
+
+def test_each_endpoint_has_its_own_concurrency_pool() -> None:
+    from embedding_assets.defs.assets import endpoint_pool
+
+    openai_small = make_space(
+        model={"provider": "openai", "name": "text-embedding-3-small", "dimensions": 8}
+    )
+    ollama = make_space(
+        model={
+            "provider": "openai",
+            "name": "bge-m3",
+            "dimensions": 8,
+            "base_url": "http://gpu-box:11434/v1",
+        }
+    )
+    local = make_space(model={"provider": "sentence-transformers", "name": "x", "dimensions": 8})
+    assert endpoint_pool(openai_small.model) == "embeddings/api.openai.com"
+    assert endpoint_pool(ollama.model) == "embeddings/gpu-box:11434"
+    assert endpoint_pool(local.model) == "embeddings/sentence-transformers-cpu"
+    embeddings = next(a for a in build_space_assets(ollama) if embeddings_key(ollama) in a.keys)
+    assert embeddings.op.pool == "embeddings/gpu-box:11434"

@@ -4,6 +4,8 @@ Thin wrappers: the work is done by plain functions in `embedding_assets.pipeline
 the tests call without Dagster. These add what the UI needs: partitions, metadata, logs.
 """
 
+from urllib.parse import urlsplit
+
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
@@ -11,17 +13,35 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
+    RetryRequested,
     asset,
 )
 from pydantic import Field
 
-from ..config import SpaceConfig
+from ..config import ModelConfig, SpaceConfig
+from ..errors import EndpointUnavailableError
 from ..pipeline.backfill import embed_range
 from ..pipeline.partitions import IdRange, is_current_key
 from ..pipeline.target import prepare_target_column
 from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions, id_range_partitions_name
 from .resources import EmbeddingModelsResource, PostgresResource
+
+RETRY_MAX = 4
+RETRY_BASE_WAIT = 60  # seconds; doubles per retry: 60, 120, 240, 480
+RETRY_MAX_WAIT = 900
+
+
+def endpoint_pool(model: ModelConfig) -> str:
+    """The concurrency pool of an embedding endpoint: `embeddings/<where>`.
+
+    Hosted and self-hosted endpoints are keyed by host (all models behind one server share
+    its capacity); local models by provider and device (they share this machine).
+    """
+    if model.provider == "openai":
+        host = urlsplit(model.base_url).netloc if model.base_url else "api.openai.com"
+        return f"embeddings/{host}"
+    return f"embeddings/{model.provider}-{model.device}"
 
 
 class TargetColumnConfig(Config):
@@ -106,6 +126,9 @@ def build_space_assets(space: SpaceConfig) -> list[AssetsDefinition]:
         kinds={"postgres", "pgvector"},
         partitions_def=partitions,
         backfill_policy=BackfillPolicy.multi_run(space.partitions_per_run),
+        # One pool per embedding endpoint: a backfill over 1,000 partitions queues its steps
+        # instead of opening 1,000 connections to the provider (limits: dagster.yaml).
+        pool=endpoint_pool(space.model),
         description=(
             f"Vectors in {space.table}.{space.target_column}{description_suffix}, one partition "
             f"per {space.partition_size:,} ids. Re-running skips rows already embedded from the "
@@ -124,9 +147,20 @@ def build_space_assets(space: SpaceConfig) -> list[AssetsDefinition]:
             f"embedding ids {ids.first}..{ids.last} of {space.table} with "
             f"{provider.identity.label()} (partitions {key_range.start}..{key_range.end})"
         )
-        stats = embed_range(
-            space, provider, ids.first, ids.last, database_url=postgres.url(), logger=context.log
-        )
+        try:
+            stats = embed_range(
+                space,
+                provider,
+                ids.first,
+                ids.last,
+                database_url=postgres.url(),
+                logger=context.log,
+            )
+        except EndpointUnavailableError as err:
+            # Only a transient outage is retried (committed batches stay; the retry skips them).
+            wait = min(RETRY_MAX_WAIT, RETRY_BASE_WAIT * 2**context.retry_number)
+            context.log.warning(f"{err}; retrying this step in {wait}s")
+            raise RetryRequested(max_retries=RETRY_MAX, seconds_to_wait=wait) from err
         context.log.info(
             f"done: {stats.rows_embedded:,} embedded, {stats.rows_skipped:,} skipped, "
             f"{stats.rows_empty:,} empty of {stats.rows_scanned:,} rows in {stats.seconds:.1f}s "

@@ -10,6 +10,7 @@ from .assets import build_space_assets
 from .checks import build_space_checks
 from .jobs import drop_retired_vector_space, rollback_vector_space
 from .resources import EmbeddingModelsResource, PostgresResource
+from .sensors import build_alert_sensor
 from .visibility import build_visibility_assets
 
 
@@ -24,6 +25,7 @@ def build_definitions(config: ProjectConfig | None = None) -> Definitions:
         assets=assets,
         asset_checks=[build_space_checks(s) for s in built],
         jobs=[rollback_vector_space, drop_retired_vector_space],
+        sensors=[build_alert_sensor()],
         resources={
             "postgres": PostgresResource(),
             "embedding_models": EmbeddingModelsResource(),

@@ -23,7 +23,7 @@ from tenacity import (
 )
 
 from ..config import ModelConfig
-from ..errors import ConfigError, ProviderError
+from ..errors import ConfigError, EndpointUnavailableError, ProviderError
 from .base import EmbeddingBatch, EmbeddingProvider, ModelIdentity, check_vectors, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,18 @@ class OpenAIProvider(EmbeddingProvider):
         try:
             response = retrying(self.client.embeddings.create, **kwargs)
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
-            raise ProviderError(
+            raise EndpointUnavailableError(
                 f"cannot reach the embeddings endpoint {self._endpoint} ({type(err).__name__}) "
                 f"after {self.config.max_retries + 1} attempts; check model.base_url and that "
                 "the server is running"
+            ) from None
+        except (openai.RateLimitError, openai.InternalServerError) as err:
+            raise EndpointUnavailableError(
+                f"the embeddings endpoint {self._endpoint} still answered HTTP {err.status_code} "
+                f"for model {self.config.name!r} after {self.config.max_retries + 1} attempts "
+                "(rate limit or server error); "
+                "the run will be retried later. Lower the pool limit for this endpoint if it "
+                "keeps happening"
             ) from None
         except openai.AuthenticationError:
             raise ProviderError(
