@@ -19,7 +19,9 @@ from conftest import (
 )
 from dagster import DagsterInstance, SensorEvaluationContext, SkipReason, build_sensor_context
 
-from embedding_assets.alerts import (
+from embedding_assets.defs.partitions import id_range_partitions_name
+from embedding_assets.defs.sensors import build_alert_sensor
+from embedding_assets.sensors.alerts import (
     ENV_UI_URL,
     ENV_WEBHOOK,
     AlertSettings,
@@ -28,8 +30,6 @@ from embedding_assets.alerts import (
     parse_cursor,
     process_alerts,
 )
-from embedding_assets.defs.partitions import id_range_partitions_name
-from embedding_assets.defs.sensors import build_alert_sensor
 
 UI = "http://dagster.example:3000"
 

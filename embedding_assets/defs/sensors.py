@@ -1,6 +1,6 @@
 """The `embedding_alerts` sensor: failed checks and failed runs to a webhook and the log.
 
-Thin: the logic, and the environment variables it reads, are in `embedding_assets.alerts`.
+Thin: the logic, and the environment variables it reads, are in `embedding_assets.sensors.alerts`.
 """
 
 from dagster import (
@@ -11,7 +11,7 @@ from dagster import (
     sensor,
 )
 
-from ..alerts import AlertSettings, process_alerts
+from ..sensors.alerts import AlertSettings, process_alerts
 
 
 def build_alert_sensor() -> SensorDefinition:
