@@ -21,7 +21,8 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import INTEGER_TYPES, column_info, space_sql
+from ..db.introspect import INTEGER_TYPES, column_info, relation, space_sql
+from ..errors import DatabaseError
 
 NORM_TOLERANCE = 1e-3
 EXAMPLE_IDS = 5
@@ -64,12 +65,9 @@ def evaluate_column(
     their model was verified on a sample at adoption, and rows without a vector are reported
     (coverage), not failed: an adopted column is frozen while its successor is built.
     """
-    table_oid = conn.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s",
-        (space.schema_name, space.table_name),
-    ).fetchone()
-    assert table_oid is not None, f"table {space.table} vanished"
+    table_oid = relation(conn, space.schema_name, space.table_name)
+    if table_oid is None:
+        raise DatabaseError(f"space {space.name!r}: table {space.table} does not exist")
     target = column_info(conn, table_oid[0], space.target_column)
     id_col = column_info(conn, table_oid[0], space.id_column)
     assert target is not None and id_col is not None

@@ -75,6 +75,16 @@ def text_expression(space: SpaceConfig) -> sql.Composable:
     return sql.SQL("{}::text").format(sql.Identifier(space.text_column))  # type: ignore[arg-type]
 
 
+def relation(conn: psycopg.Connection, schema: str, name: str) -> tuple[int, str] | None:
+    """(oid, relkind) of a table or index by schema and name, or None."""
+    row = conn.execute(
+        "SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name),
+    ).fetchone()
+    return (int(row[0]), str(row[1])) if row else None
+
+
 def column_info(conn: psycopg.Connection, table_oid: int, column: str) -> ColumnInfo | None:
     row = conn.execute(
         "SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), a.atttypmod"
@@ -109,11 +119,7 @@ def indexes_on_column(conn: psycopg.Connection, table_oid: int, column: str) -> 
 def inspect_table(conn: psycopg.Connection, space: SpaceConfig) -> TableInfo:
     """Validate table, key, text source and target column against the space; read-only."""
     where = f"space {space.name!r}"
-    row = conn.execute(
-        "SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s",
-        (space.schema_name, space.table_name),
-    ).fetchone()
+    row = relation(conn, space.schema_name, space.table_name)
     if row is None:
         raise DatabaseError(
             f"{where}: table {space.schema_name}.{space.table_name} does not exist in this "

@@ -19,10 +19,9 @@ from dagster import (
 
 from ..config import SpaceConfig
 from ..db.registry import get_space
-from ..errors import SpaceConflictError
 from ..lifecycle.activation import activate_space
-from ..lifecycle.index import build_hnsw_index, index_is_valid
-from .checks import ChecksNotPassed, require_checks_passed
+from ..lifecycle.index import build_hnsw_index
+from .checks import require_checks_passed
 from .keys import embeddings_key, hnsw_index_key, registry_key
 from .resources import PostgresResource
 
@@ -96,26 +95,9 @@ def build_visibility_assets(space: SpaceConfig) -> list[AssetsDefinition]:
     )
     def registry(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
         gate = require_checks_passed(context.instance, space)
-        index_event = context.instance.get_latest_materialization_event(hnsw_index_key(space))
-        index_meta = index_event.asset_materialization.metadata if index_event else {}  # type: ignore[union-attr]
-        name = index_meta.get("index_name")
-        expression = index_meta.get("expression")
-        if name is None or expression is None:
-            raise ChecksNotPassed(f"{space.name}/hnsw_index has not been materialized")
+        validated_at = datetime.fromtimestamp(float(gate["checks_evaluated_at"]), UTC)  # type: ignore[arg-type]
         with postgres.connect() as conn:
-            if not index_is_valid(conn, space, str(name.value)):
-                raise SpaceConflictError(
-                    f"index {name.value} is missing or INVALID; materialize "
-                    f"{space.name}/hnsw_index again"
-                )
-            validated_at = datetime.fromtimestamp(float(gate["checks_evaluated_at"]), UTC)  # type: ignore[arg-type]
-            switch = activate_space(
-                conn,
-                space,
-                index_name=str(name.value),
-                index_expression=str(expression.value),
-                validated_at=validated_at,
-            )
+            switch = activate_space(conn, space, validated_at=validated_at)  # needs a valid index
             record = get_space(conn, space.name)
         assert record is not None
         context.log.info(

@@ -18,7 +18,7 @@ from ..config import ProjectConfig, SpaceConfig
 from ..db.introspect import column_info, inspect_table, table_ident
 from ..db.registry import SpaceRecord, get_space, spaces_of_table
 from ..errors import SpaceConflictError
-from .index import index_is_valid
+from .index import index_definition, index_is_valid
 
 
 @dataclass(frozen=True)
@@ -67,17 +67,13 @@ def _switch(
 
 
 def activate_space(
-    conn: psycopg.Connection,
-    space: SpaceConfig,
-    *,
-    index_name: str,
-    index_expression: str,
-    validated_at: datetime,
+    conn: psycopg.Connection, space: SpaceConfig, *, validated_at: datetime
 ) -> Switch:
     """Make `space` the active one of its table; the caller has checked the gate."""
     record = get_space(conn, space.name)
     if record is None or record.status == "dropped":
         raise SpaceConflictError(f"space {space.name!r} is not registered (or was dropped)")
+    index_name, _, index_expression = index_definition(conn, space)
     if not index_is_valid(conn, space, index_name):
         raise SpaceConflictError(
             f"space {space.name!r}: index {index_name} is missing or INVALID; materialize "

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import column_info, indexes_on_column, inspect_table, table_ident
+from ..db.introspect import column_info, indexes_on_column, inspect_table, relation, table_ident
 from ..errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,23 @@ def index_expression(space: SpaceConfig, declared_dims: int) -> tuple[sql.Compos
     return sql.SQL("{} {}").format(expr, sql.SQL(opclass)), text
 
 
-def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResult:
-    """Create the index unless a valid one exists; `conn` must be autocommit."""
-    settings = space.index
+def index_definition(
+    conn: psycopg.Connection, space: SpaceConfig
+) -> tuple[str, sql.Composable, str]:
+    """The space's index: name, indexed SQL expression with opclass, and its text form."""
     info = inspect_table(conn, space)
     target = column_info(conn, info.oid, space.target_column)
     if target is None:
         raise DatabaseError(f"space {space.name!r}: {space.target_column} does not exist")
-    name = index_name(space)
+    expression, text = index_expression(space, target.typmod)
+    return index_name(space), expression, text
+
+
+def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResult:
+    """Create the index unless a valid one exists; `conn` must be autocommit."""
+    settings = space.index
+    name, expression, text = index_definition(conn, space)
+    info = inspect_table(conn, space)
     dropped: list[str] = []
     for existing in indexes_on_column(conn, info.oid, space.target_column):
         if not existing.valid:
@@ -88,7 +97,6 @@ def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResul
             )
             dropped.append(existing.name)
             log.warning("dropped INVALID index %s left by an interrupted build", existing.name)
-    expression, text = index_expression(space, target.typmod)
     started = time.monotonic()
     existing_valid = {i.name for i in indexes_on_column(conn, info.oid, space.target_column)}
     created = name not in existing_valid
@@ -115,11 +123,8 @@ def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResul
                 ef=sql.Literal(space.index.ef_construction),
             )
         )
-    size = conn.execute(
-        "SELECT pg_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n"
-        " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-        (space.schema_name, name),
-    ).fetchone()
+    index = relation(conn, space.schema_name, name)
+    size = conn.execute("SELECT pg_relation_size(%s)", (index[0],)).fetchone() if index else None
     return IndexResult(
         name=name,
         created=created,
@@ -131,9 +136,8 @@ def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResul
 
 
 def index_is_valid(conn: psycopg.Connection, space: SpaceConfig, name: str) -> bool:
-    row = conn.execute(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-        (space.schema_name, name),
-    ).fetchone()
-    return bool(row and row[0])
+    index = relation(conn, space.schema_name, name)
+    if index is None:
+        return False
+    row = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s", (index[0],))
+    return bool((valid := row.fetchone()) and valid[0])
