@@ -107,6 +107,61 @@ class AdoptionConfig(_Strict):
     min_cosine: float = Field(default=0.999, gt=0, le=1)
 
 
+class DriftConfig(_Strict):
+    """What the drift sensors watch, how often, and how much each tick may cost."""
+
+    sensor_status: Literal["running", "stopped"] = Field(
+        default="running", description="Default status of both drift sensors in the UI"
+    )
+    interval_seconds: int = Field(
+        default=300, ge=30, description="Cheap checks: new rows, change log, config, model swap"
+    )
+    content_cron: str = Field(
+        default="0 3 * * *",
+        description="When a content sweep (missing and stale vectors) starts; cron, UTC",
+    )
+    sweep_rows_per_tick: int = Field(
+        default=200_000, gt=0, description="Rows hashed per sensor tick while a sweep runs"
+    )
+    max_runs_per_tick: int = Field(
+        default=50, gt=0, description="Partition runs one tick may request; the rest wait"
+    )
+
+    @field_validator("content_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError(f"{value!r} is not a cron expression like '0 3 * * *'")
+        return value
+
+
+class ShadowConfig(_Strict):
+    """Shadow validation: retrieval quality of this space against the table's active one."""
+
+    queries_file: str | None = Field(
+        default=None,
+        description="Labelled queries (query -> relevant ids); relative to the project root",
+    )
+    k: int = Field(default=10, gt=0, le=1000, description="Top-k for recall, hit rate, overlap")
+    sample_size: int = Field(
+        default=200, gt=0, le=100_000, description="Rows sampled when there is no query file"
+    )
+    max_regression: float = Field(
+        default=0.05, ge=0, le=1, description="WARN when the new space is worse by more than this"
+    )
+    compare_to: str | None = Field(
+        default=None, description="Space to compare with; default: the table's active space"
+    )
+
+    def queries_path(self) -> Path | None:
+        if self.queries_file is None:
+            return None
+        path = Path(self.queries_file).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 class SpaceConfig(_Strict):
     """One vector space: a table, a model, and the column the model writes (or wrote)."""
 
@@ -132,6 +187,8 @@ class SpaceConfig(_Strict):
         description="target_column already holds this model's vectors: verify and register it",
     )
     adoption: AdoptionConfig = AdoptionConfig()
+    drift: DriftConfig = DriftConfig()
+    shadow: ShadowConfig = ShadowConfig()
 
     @field_validator("name")
     @classmethod
