@@ -80,6 +80,8 @@ def make_space(**overrides: object) -> SpaceConfig:
         "model": model,
         "batch_size": 50,
         "partition_size": 500,
+        # tests that run `dagster dev` turn drift sensors on only when they test them
+        "drift": {"sensor_status": "stopped"},
     }
     space.update(overrides)
     return parse_config({"spaces": [space]}).spaces[0]

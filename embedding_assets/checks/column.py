@@ -84,10 +84,7 @@ def evaluate_column(
                    CASE WHEN t.{v} IS NULL THEN NULL ELSE vector_norm(t.{v}) END AS norm,
                    {k_expr} AS k, {hc_expr} AS hc, h.h
             FROM {t} AS t
-            CROSS JOIN LATERAL (SELECT {text} AS txt) AS x
-            CROSS JOIN LATERAL (
-                SELECT CASE WHEN btrim(x.txt, E' \\t\\r\\n') = '' THEN NULL
-                            ELSE sha256(convert_to(x.txt, 'UTF8')) END AS h) AS h
+            {text_hash}
         ), f AS (
             SELECT *,
                    has_v AND dims <> %(dims)s AS bad_dims,

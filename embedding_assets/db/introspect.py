@@ -57,7 +57,8 @@ def table_ident(space: SpaceConfig) -> sql.Composed:
 
 def space_sql(space: SpaceConfig) -> dict[str, sql.Composable]:
     """The quoted names every query of a space uses, for `sql.SQL(...).format(**...)`:
-    t table, id key, v vector, hc text hash, k model key, text the text expression."""
+    t table, id key, v vector, hc text hash, k model key, text the text expression,
+    text_hash the joins that add `x.txt` and `h.h` (see `text_hash_join`)."""
     return {
         "t": table_ident(space),
         "id": sql.Identifier(space.id_column),
@@ -65,7 +66,21 @@ def space_sql(space: SpaceConfig) -> dict[str, sql.Composable]:
         "hc": sql.Identifier(space.text_hash_column),
         "k": sql.Identifier(space.model_key_column),
         "text": text_expression(space),
+        "text_hash": text_hash_join(space),
     }
+
+
+def text_hash_join(space: SpaceConfig) -> sql.Composed:
+    """Joins that give every row of `t` its text (`x.txt`) and text hash (`h.h`).
+
+    The hash is NULL for NULL or blank text: such a row needs no vector. Reader, checks and
+    drift sweep all decide "done", "stale" and "missing" from this one definition.
+    """
+    return sql.SQL(
+        "CROSS JOIN LATERAL (SELECT {text} AS txt) AS x"
+        " CROSS JOIN LATERAL (SELECT CASE WHEN btrim(x.txt, E' \\t\\r\\n') = '' THEN NULL"
+        " ELSE sha256(convert_to(x.txt, 'UTF8')) END AS h) AS h"
+    ).format(text=text_expression(space))
 
 
 def text_expression(space: SpaceConfig) -> sql.Composable:

@@ -33,9 +33,10 @@ from dagster import (
 from ..checks.column import evaluate_column
 from ..config import SpaceConfig
 from ..db.registry import get_space
-from .keys import embeddings_key
+from ..drift.identity import CONFIG_MATCHES, MODEL_FINGERPRINT, identity_verdicts
+from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions_name
-from .resources import PostgresResource
+from .resources import EmbeddingModelsResource, PostgresResource
 
 CHECK_NAMES = ("uniform_dimension", "complete", "one_model", "sane_vectors")
 _DESCRIPTIONS = {
@@ -150,3 +151,50 @@ def require_checks_passed(instance: DagsterInstance, space: SpaceConfig) -> dict
             metadata={"problems": problems},
         )
     return {"checks_evaluated_at": min(evaluated_at), "last_write_at": last_write}
+
+
+def build_drift_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
+    """`config_matches` and `model_fingerprint` on `<name>/target_column`.
+
+    The `<name>__drift` sensor records their evaluations whenever a verdict changes; these
+    definitions make them visible in the UI and executable on demand ("Execute checks").
+    """
+
+    @multi_asset_check(
+        specs=[
+            AssetCheckSpec(
+                CONFIG_MATCHES,
+                asset=target_column_key(space),
+                description="Configured model and dimension match the registry and the column.",
+            ),
+            AssetCheckSpec(
+                MODEL_FINGERPRINT,
+                asset=target_column_key(space),
+                description="The model returns the registered vectors for the sentinel texts.",
+            ),
+        ],
+        name=f"{space.name}__drift_checks",
+        description=f"Configuration drift and silent model swaps of space {space.name!r}.",
+    )
+    def drift_checks(
+        postgres: PostgresResource, embedding_models: EmbeddingModelsResource
+    ) -> Iterator[AssetCheckResult]:
+        provider = embedding_models.provider(space.model)
+        with postgres.connect() as conn:
+            record = get_space(conn, space.name)
+            if record is None:
+                raise Failure(
+                    f"space {space.name!r} is not registered; "
+                    f"materialize {space.name}/target_column"
+                )
+            verdicts = identity_verdicts(conn, space, provider, record)
+        for verdict in verdicts:
+            yield AssetCheckResult(
+                check_name=verdict.check,
+                passed=verdict.passed,
+                severity=AssetCheckSeverity.ERROR,
+                description=verdict.description,
+                metadata=verdict.metadata,
+            )
+
+    return drift_checks

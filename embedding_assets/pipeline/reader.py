@@ -37,10 +37,7 @@ def page_query(space: SpaceConfig) -> sql.Composed:
         SELECT t.{id}, CASE WHEN d.done THEN NULL ELSE x.txt END, h.h, d.done,
                t.{v} IS NOT NULL
         FROM {t} AS t
-        CROSS JOIN LATERAL (SELECT {text} AS txt) AS x
-        CROSS JOIN LATERAL (
-            SELECT CASE WHEN btrim(x.txt, E' \t\r\n') = '' THEN NULL
-                        ELSE sha256(convert_to(x.txt, 'UTF8')) END AS h) AS h
+        {text_hash}
         CROSS JOIN LATERAL (
             SELECT t.{v} IS NOT NULL AND t.{k} = %(key)s AND t.{hc} = h.h AS done) AS d
         WHERE t.{id} > %(after)s AND t.{id} <= %(last)s

@@ -68,6 +68,10 @@ METADATA_KEYS = (
     "configured_dimension",
     "zero_vectors",
     "not_unit_norm",
+    # drift checks on <name>/target_column
+    "declared_dimension",
+    "registered_dimension",
+    "min_cosine",
 )
 _MAX_LIST_ITEMS = 10
 _PARTITION_KEY = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
@@ -229,6 +233,8 @@ def safe_metadata(metadata: Mapping[str, Any]) -> dict[str, object]:
 
 
 def _run_ref(run_id: str, ui_url: str | None) -> str:
+    if not run_id:  # reported by a sensor (the drift sensors), outside any run
+        return "none (reported by a sensor)"
     return f"<{ui_url}/runs/{run_id}|{run_id}>" if ui_url else run_id
 
 

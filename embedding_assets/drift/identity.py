@@ -1,0 +1,118 @@
+"""Configuration drift and silent model swaps: the checks a careful service runs at start-up.
+
+Both are verdicts, never run requests: re-embedding cannot fix a column whose configuration
+changed under it, or an endpoint that now serves another model. A person must decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from ..config import SpaceConfig
+from ..db.introspect import column_info, relation
+from ..db.registry import SpaceRecord
+from ..errors import ProviderError
+from ..providers import EmbeddingProvider, Fingerprint
+from ..providers.base import FINGERPRINT_MIN_COSINE
+
+CONFIG_MATCHES = "config_matches"
+MODEL_FINGERPRINT = "model_fingerprint"
+DRIFT_CHECKS = (CONFIG_MATCHES, MODEL_FINGERPRINT)
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    check: str
+    passed: bool
+    description: str
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+def config_verdict(
+    conn: psycopg.Connection, space: SpaceConfig, provider: EmbeddingProvider, record: SpaceRecord
+) -> DriftVerdict:
+    """The configured model, the registry and the column's declared dimension agree."""
+    identity = provider.identity
+    dims = space.model.dimensions
+    where = f"{space.table}.{space.target_column}"
+    problems: list[str] = []
+    declared: int | str = "missing"
+    if record.model_key != identity.key:
+        problems.append(
+            f"the configuration says {identity.label()} but space {space.name!r} was registered "
+            f"for {record.identity.label()}; restore the configuration, or declare a new space "
+            "with a new target_column for the new model"
+        )
+    table = relation(conn, space.schema_name, space.table_name)
+    column = column_info(conn, table[0], space.target_column) if table else None
+    if column is None:
+        problems.append(f"column {where} no longer exists; rebuild the space or roll back")
+    elif column.type_name != "vector":
+        declared = column.formatted
+        problems.append(f"column {where} is now {column.formatted}, not vector({dims})")
+    else:
+        declared = column.typmod if column.typmod > 0 else "none"
+        if column.typmod not in (dims, -1):
+            problems.append(
+                f"column {where} is declared vector({column.typmod}) but the space is "
+                f"configured for {dims} dimensions: the column was altered. Restore it (retention "
+                "backup) or roll back to the previous space"
+            )
+    return DriftVerdict(
+        CONFIG_MATCHES,
+        not problems,
+        "; ".join(problems) or f"configuration, registry and {where} agree ({identity.label()})",
+        {
+            "configured_dimension": dims,
+            "registered_dimension": record.dimensions,
+            "declared_dimension": declared,
+            "configured_model": identity.label(),
+            "registered_model": record.identity.label(),
+        },
+    )
+
+
+def fingerprint_verdict(
+    space: SpaceConfig, provider: EmbeddingProvider, record: SpaceRecord
+) -> DriftVerdict:
+    """The endpoint still returns the registered vectors for the sentinel texts."""
+    registered = Fingerprint.from_json(record.fingerprint)
+    try:
+        current = provider.fingerprint()
+    except ProviderError as err:
+        return DriftVerdict(
+            MODEL_FINGERPRINT,
+            False,
+            f"could not compute the fingerprint of {provider.identity.label()}: {err}",
+            {"registered_fingerprint": registered.digest},
+        )
+    cosine = registered.min_cosine(current)
+    passed = cosine >= FINGERPRINT_MIN_COSINE
+    return DriftVerdict(
+        MODEL_FINGERPRINT,
+        passed,
+        f"the model returns the registered vectors for the sentinel texts (min cosine {cosine:.4f})"
+        if passed
+        else (
+            f"silent model swap: {provider.identity.label()} now returns different vectors for "
+            f"the sentinel texts (min cosine {cosine:.4f} < {FINGERPRINT_MIN_COSINE}). The "
+            "endpoint serves another model under the same name and dimension; restore the "
+            "original model, or build a new space for the new one. No runs are started."
+        ),
+        {
+            "min_cosine": round(cosine, 6),
+            "registered_fingerprint": registered.digest,
+            "current_fingerprint": current.digest,
+        },
+    )
+
+
+def identity_verdicts(
+    conn: psycopg.Connection, space: SpaceConfig, provider: EmbeddingProvider, record: SpaceRecord
+) -> list[DriftVerdict]:
+    return [
+        config_verdict(conn, space, provider, record),
+        fingerprint_verdict(space, provider, record),
+    ]
