@@ -7,10 +7,10 @@ from dagster import Definitions
 from ..config import ProjectConfig, load_config
 from .adoption import build_adoption_assets
 from .assets import build_space_assets
-from .checks import build_space_checks
+from .checks import build_drift_checks, build_space_checks
 from .jobs import drop_retired_vector_space, rollback_vector_space
 from .resources import EmbeddingModelsResource, PostgresResource
-from .sensors import build_alert_sensor
+from .sensors import build_alert_sensor, build_drift_sensors
 from .visibility import build_visibility_assets
 
 
@@ -23,9 +23,12 @@ def build_definitions(config: ProjectConfig | None = None) -> Definitions:
     ]
     return Definitions(
         assets=assets,
-        asset_checks=[build_space_checks(s) for s in built],
+        asset_checks=[
+            *(build_space_checks(s) for s in built),
+            *(build_drift_checks(s) for s in built),
+        ],
         jobs=[rollback_vector_space, drop_retired_vector_space],
-        sensors=[build_alert_sensor()],
+        sensors=[build_alert_sensor(), *(d for s in built for d in build_drift_sensors(s))],
         resources={
             "postgres": PostgresResource(),
             "embedding_models": EmbeddingModelsResource(),
