@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 from conftest import create_docs, make_space, materialize_target, non_empty_count
-from dagster import AssetCheckKey, AssetKey, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, RunsFilter
 from dagster_dev import (
     SUCCESSFUL_BACKFILL_STATUSES,
     dagster_dev_env,
@@ -98,3 +98,46 @@ def test_ui_backfill_with_the_index_never_indexes_a_failed_column(
     assert evaluation.metadata["example_ids"].value == [7]
     # every other row was embedded; the foreign vector was left as it was
     assert conn.execute("SELECT emb_model_key FROM docs WHERE id = 7").fetchone() == (42,)
+
+
+def test_partition_runs_execute_in_parallel_through_the_daemon(
+    conn: psycopg.Connection, db_url: str, dagster_instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """One run per partition, several at once (queue limit 4, endpoint pool 2), one database:
+    the column ends complete and consistent and the whole-column checks pass."""
+    create_docs(conn, 3000)
+    space = make_space(partition_size=500, partitions_per_run=1, batch_size=100)
+    materialize_target(space, dagster_instance)
+    keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
+    assert len(keys) == 7
+    config = write_spaces_config(tmp_path / "embedding_backfills.yaml", space)
+    embeddings = AssetKey([space.name, "embeddings"])
+
+    with running_dagster_dev(dagster_dev_env(db_url, config), tmp_path) as dev:
+        backfill_id = dev.launch_partition_backfill([embeddings.path], keys)
+        status = dev.wait_for_backfill(backfill_id, timeout=300)
+        assert status in SUCCESSFUL_BACKFILL_STATUSES, dev.describe_backfill(backfill_id)
+        runs = dev.backfill_runs(backfill_id)
+
+    assert len(runs) == len(keys) and all(r.status == "SUCCESS" for r in runs), runs
+    records = dagster_instance.get_run_records(RunsFilter(run_ids=[r.run_id for r in runs]))
+    spans = sorted((r.start_time, r.end_time) for r in records)
+    assert all(start is not None and end is not None for start, end in spans)
+    # the most runs in progress at one moment (a run's start inside another's span)
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)  # type: ignore[operator]
+    assert most >= 2, spans
+
+    expected = non_empty_count(conn)
+    assert conn.execute(
+        "SELECT count(emb), count(DISTINCT emb_model_key),"
+        " count(*) FILTER (WHERE emb IS NOT NULL AND"
+        "   emb_text_hash <> sha256(convert_to(body, 'UTF8')))"
+        " FROM docs"
+    ).fetchone() == (expected, 1, 0)
+    for name in ("uniform_dimension", "complete", "one_model", "sane_vectors"):
+        record = dagster_instance.get_latest_asset_check_evaluation_record(
+            AssetCheckKey(embeddings, name)
+        )
+        assert record is not None and record.event is not None
+        evaluation = record.event.asset_check_evaluation
+        assert evaluation is not None and evaluation.passed, (name, evaluation)
