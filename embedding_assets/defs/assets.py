@@ -10,16 +10,19 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
+    Backoff,
     Config,
+    Failure,
+    Jitter,
     MaterializeResult,
     MetadataValue,
-    RetryRequested,
+    RetryPolicy,
     asset,
 )
 from pydantic import Field
 
 from ..config import ModelConfig, SpaceConfig
-from ..errors import EndpointUnavailableError
+from ..errors import EmbeddingBackfillError, EndpointUnavailableError
 from ..pipeline.backfill import embed_range
 from ..pipeline.partitions import IdRange, is_current_key
 from ..pipeline.target import prepare_target_column
@@ -27,9 +30,13 @@ from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions, id_range_partitions_name
 from .resources import EmbeddingModelsResource, PostgresResource
 
-RETRY_MAX = 4
-RETRY_BASE_WAIT = 60  # seconds; doubles per retry: 60, 120, 240, 480
-RETRY_MAX_WAIT = 900
+# An endpoint that stayed down through the provider's own retries (seconds of backoff) gets
+# minutes more: the step is retried after ~60, 120, 240, 480 s (exponential, with jitter so
+# that the runs of one backfill do not all come back at once). Committed batches are skipped
+# on retry. Other errors (config, dimension, identity) bypass the policy: they need a person.
+EMBEDDING_RETRY_POLICY = RetryPolicy(
+    max_retries=4, delay=60, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
 
 
 def endpoint_pool(model: ModelConfig) -> str:
@@ -65,7 +72,9 @@ def _model_metadata(space: SpaceConfig, identity_label: str, model_key: int) -> 
     }
 
 
-def build_space_assets(space: SpaceConfig) -> list[AssetsDefinition]:
+def build_space_assets(
+    space: SpaceConfig, retry_policy: RetryPolicy = EMBEDDING_RETRY_POLICY
+) -> list[AssetsDefinition]:
     partitions = id_range_partitions(space)
     description_suffix = f" ({space.model.provider}:{space.model.name}, {space.model.dimensions}d)"
 
@@ -129,6 +138,7 @@ def build_space_assets(space: SpaceConfig) -> list[AssetsDefinition]:
         # One pool per embedding endpoint: a backfill over 1,000 partitions queues its steps
         # instead of opening 1,000 connections to the provider (limits: dagster.yaml).
         pool=endpoint_pool(space.model),
+        retry_policy=retry_policy,
         description=(
             f"Vectors in {space.table}.{space.target_column}{description_suffix}, one partition "
             f"per {space.partition_size:,} ids. Re-running skips rows already embedded from the "
@@ -142,12 +152,12 @@ def build_space_assets(space: SpaceConfig) -> list[AssetsDefinition]:
     ) -> MaterializeResult:
         key_range = context.partition_key_range
         ids = IdRange.span([key_range.start, key_range.end])
-        provider = embedding_models.provider(space.model)
-        context.log.info(
-            f"embedding ids {ids.first}..{ids.last} of {space.table} with "
-            f"{provider.identity.label()} (partitions {key_range.start}..{key_range.end})"
-        )
         try:
+            provider = embedding_models.provider(space.model)
+            context.log.info(
+                f"embedding ids {ids.first}..{ids.last} of {space.table} with "
+                f"{provider.identity.label()} (partitions {key_range.start}..{key_range.end})"
+            )
             stats = embed_range(
                 space,
                 provider,
@@ -157,10 +167,10 @@ def build_space_assets(space: SpaceConfig) -> list[AssetsDefinition]:
                 logger=context.log,
             )
         except EndpointUnavailableError as err:
-            # Only a transient outage is retried (committed batches stay; the retry skips them).
-            wait = min(RETRY_MAX_WAIT, RETRY_BASE_WAIT * 2**context.retry_number)
-            context.log.warning(f"{err}; retrying this step in {wait}s")
-            raise RetryRequested(max_retries=RETRY_MAX, seconds_to_wait=wait) from err
+            context.log.warning(f"{err}; the step is retried per its retry policy")
+            raise
+        except EmbeddingBackfillError as err:
+            raise Failure(str(err), allow_retries=False) from None
         context.log.info(
             f"done: {stats.rows_embedded:,} embedded, {stats.rows_skipped:,} skipped, "
             f"{stats.rows_empty:,} empty of {stats.rows_scanned:,} rows in {stats.seconds:.1f}s "
