@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 from conftest import create_docs, make_space, materialize_target, resources
 from dagster import (
     AssetKey,
@@ -50,29 +51,32 @@ def _retries(result: ExecuteInProcessResult) -> int:
     return sum(1 for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY)
 
 
-def test_endpoint_outage_is_retried_by_the_policy(
-    conn: psycopg.Connection, dagster_instance: DagsterInstance
-) -> None:
+@pytest.fixture
+def prepared(conn: psycopg.Connection, dagster_instance: DagsterInstance) -> SpaceConfig:
+    """A space prepared against an endpoint that has gone away since."""
     create_docs(conn, 100)
     with FakeEmbeddingsServer(dims=8) as server:
         space = _space(server.base_url)
         materialize_target(space, dagster_instance)
+    return space
+
+
+def test_endpoint_outage_is_retried_by_the_policy(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance, prepared: SpaceConfig
+) -> None:
     # the server is gone: every attempt fails to connect
-    result = _embed_first_partition(space, dagster_instance)
+    result = _embed_first_partition(prepared, dagster_instance)
     assert not result.success
     assert _retries(result) == FAST.max_retries
     assert conn.execute("SELECT count(emb) FROM docs").fetchone() == (0,)
 
 
 def test_a_wrong_model_fails_at_once_without_retries(
-    conn: psycopg.Connection, dagster_instance: DagsterInstance
+    dagster_instance: DagsterInstance, prepared: SpaceConfig
 ) -> None:
-    create_docs(conn, 100)
-    with FakeEmbeddingsServer(dims=8) as server:
-        space = _space(server.base_url)
-        materialize_target(space, dagster_instance)
     with FakeEmbeddingsServer(dims=8, salt="another-model") as swapped:
-        result = _embed_first_partition(_space(swapped.base_url, name=space.name), dagster_instance)
+        same_name = _space(swapped.base_url, name=prepared.name)
+        result = _embed_first_partition(same_name, dagster_instance)
     assert not result.success and _retries(result) == 0
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
     assert "another model under the same name" in str(failure.event_specific_data.error.message)

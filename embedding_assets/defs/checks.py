@@ -18,6 +18,7 @@ requires every check to have passed, whatever its severity.
 
 from collections.abc import Iterator
 
+import psycopg
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckKey,
@@ -32,7 +33,7 @@ from dagster import (
 
 from ..checks.column import evaluate_column
 from ..config import SpaceConfig
-from ..db.registry import get_space
+from ..db.registry import SpaceRecord, get_space
 from ..drift.identity import CONFIG_MATCHES, MODEL_FINGERPRINT, identity_verdicts
 from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions_name
@@ -56,6 +57,16 @@ def pending_partitions(instance: DagsterInstance, space: SpaceConfig) -> list[st
     known = instance.get_dynamic_partitions(id_range_partitions_name(space))
     done = instance.get_materialized_partitions(embeddings_key(space))
     return sorted(set(known) - set(done))
+
+
+def registered(conn: psycopg.Connection, space: SpaceConfig) -> SpaceRecord:
+    """The space's registry record; a check of an unregistered space fails, saying why."""
+    record = get_space(conn, space.name)
+    if record is None:
+        raise Failure(
+            f"space {space.name!r} is not registered; materialize {space.name}/target_column"
+        )
+    return record
 
 
 def build_space_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
@@ -92,12 +103,7 @@ def build_space_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
                 )
             return
         with postgres.connect() as conn:
-            record = get_space(conn, space.name)
-            if record is None:
-                raise Failure(
-                    f"space {space.name!r} is not registered; "
-                    f"materialize {space.name}/target_column"
-                )
+            record = registered(conn, space)
             report = evaluate_column(conn, space, record.model_key)
         for name in CHECK_NAMES:
             verdict = report.verdicts[name]
@@ -181,16 +187,11 @@ def build_drift_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
     ) -> Iterator[AssetCheckResult]:
         provider = embedding_models.provider(space.model)
         with postgres.connect() as conn:
-            record = get_space(conn, space.name)
-            if record is None:
-                raise Failure(
-                    f"space {space.name!r} is not registered; "
-                    f"materialize {space.name}/target_column"
-                )
+            record = registered(conn, space)
             verdicts = identity_verdicts(conn, space, provider, record)
         for verdict in verdicts:
             yield AssetCheckResult(
-                check_name=verdict.check,
+                check_name=verdict.name,
                 passed=verdict.passed,
                 severity=AssetCheckSeverity.ERROR,
                 description=verdict.description,

@@ -71,7 +71,7 @@ def _result(space: SpaceConfig, tick: DriftTick, context: SensorEvaluationContex
         asset_events=[
             AssetCheckEvaluation(
                 asset_key=target_column_key(space),
-                check_name=v.check,
+                check_name=v.name,
                 passed=v.passed,
                 severity=AssetCheckSeverity.ERROR,
                 description=v.description,

@@ -6,10 +6,9 @@ changed under it, or an endpoint that now serves another model. A person must de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import psycopg
 
+from ..checks.column import CheckVerdict
 from ..config import SpaceConfig
 from ..db.introspect import column_info, relation
 from ..db.registry import SpaceRecord
@@ -22,17 +21,9 @@ MODEL_FINGERPRINT = "model_fingerprint"
 DRIFT_CHECKS = (CONFIG_MATCHES, MODEL_FINGERPRINT)
 
 
-@dataclass(frozen=True)
-class DriftVerdict:
-    check: str
-    passed: bool
-    description: str
-    metadata: dict[str, object] = field(default_factory=dict)
-
-
 def config_verdict(
     conn: psycopg.Connection, space: SpaceConfig, provider: EmbeddingProvider, record: SpaceRecord
-) -> DriftVerdict:
+) -> CheckVerdict:
     """The configured model, the registry and the column's declared dimension agree."""
     identity = provider.identity
     dims = space.model.dimensions
@@ -60,7 +51,7 @@ def config_verdict(
                 f"configured for {dims} dimensions: the column was altered. Restore it (retention "
                 "backup) or roll back to the previous space"
             )
-    return DriftVerdict(
+    return CheckVerdict(
         CONFIG_MATCHES,
         not problems,
         "; ".join(problems) or f"configuration, registry and {where} agree ({identity.label()})",
@@ -76,13 +67,13 @@ def config_verdict(
 
 def fingerprint_verdict(
     space: SpaceConfig, provider: EmbeddingProvider, record: SpaceRecord
-) -> DriftVerdict:
+) -> CheckVerdict:
     """The endpoint still returns the registered vectors for the sentinel texts."""
     registered = Fingerprint.from_json(record.fingerprint)
     try:
         current = provider.fingerprint()
     except ProviderError as err:
-        return DriftVerdict(
+        return CheckVerdict(
             MODEL_FINGERPRINT,
             False,
             f"could not compute the fingerprint of {provider.identity.label()}: {err}",
@@ -90,7 +81,7 @@ def fingerprint_verdict(
         )
     cosine = registered.min_cosine(current)
     passed = cosine >= FINGERPRINT_MIN_COSINE
-    return DriftVerdict(
+    return CheckVerdict(
         MODEL_FINGERPRINT,
         passed,
         f"the model returns the registered vectors for the sentinel texts (min cosine {cosine:.4f})"
@@ -111,7 +102,7 @@ def fingerprint_verdict(
 
 def identity_verdicts(
     conn: psycopg.Connection, space: SpaceConfig, provider: EmbeddingProvider, record: SpaceRecord
-) -> list[DriftVerdict]:
+) -> list[CheckVerdict]:
     return [
         config_verdict(conn, space, provider, record),
         fingerprint_verdict(space, provider, record),

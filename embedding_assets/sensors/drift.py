@@ -27,11 +27,12 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from ..checks.column import CheckVerdict
 from ..config import SpaceConfig
 from ..db.registry import SpaceRecord, get_space, registry_exists
 from ..drift.changelog import exact_ranges, forget_changes, pending_changes
 from ..drift.content import sweep_window
-from ..drift.identity import DriftVerdict, identity_verdicts
+from ..drift.identity import identity_verdicts
 from ..drift.rows import find_new_rows, key_digits
 from ..pipeline.partitions import IdRange, bucket_range
 from ..providers import EmbeddingProvider
@@ -53,14 +54,14 @@ class DriftTick:
     cursor: str
     runs: list[PartitionRun] = field(default_factory=list)
     partitions_to_add: list[str] = field(default_factory=list)
-    verdicts: list[DriftVerdict] = field(default_factory=list)  # changed since the last tick
+    verdicts: list[CheckVerdict] = field(default_factory=list)  # changed since the last tick
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{len(self.runs)} partition runs requested"] if self.runs else []
         if self.partitions_to_add:
             parts.append(f"{len(self.partitions_to_add)} partitions added")
-        parts.extend(f"{v.check} {'passed' if v.passed else 'FAILED'}" for v in self.verdicts)
+        parts.extend(f"{v.name} {'passed' if v.passed else 'FAILED'}" for v in self.verdicts)
         parts.extend(self.notes)
         return "; ".join(parts) or "no drift"
 
@@ -120,9 +121,9 @@ def watch_tick(
     if record is None:
         return _not_registered(space, state.dump())
     verdicts = identity_verdicts(conn, space, provider, record)
-    tick = DriftTick("", verdicts=[v for v in verdicts if state.verdicts.get(v.check) != v.passed])
-    state.verdicts = {v.check: v.passed for v in verdicts}
-    failing = [v.check for v in verdicts if not v.passed]
+    tick = DriftTick("", verdicts=[v for v in verdicts if state.verdicts.get(v.name) != v.passed])
+    state.verdicts = {v.name: v.passed for v in verdicts}
+    failing = [v.name for v in verdicts if not v.passed]
     if failing:
         tick.notes.append(f"no runs while {', '.join(failing)} fails")
         tick.cursor = state.dump()
