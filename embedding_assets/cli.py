@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,8 +19,15 @@ app = typer.Typer(
     "Dagster runs live in the UI (`dagster dev`); this CLI covers the rest.",
     no_args_is_help=True,
     add_completion=False,
+    # Docstrings wrap at 100 columns; markdown joins their lines into paragraphs.
+    rich_markup_mode="markdown",
 )
 console = Console(width=max(Console().width, 110))
+# Progress goes to stderr, so `--json` output on stdout stays parseable.
+err_console = Console(stderr=True)
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON (stable keys) instead of tables")
+]
 
 
 def _fail(err: Exception) -> None:
@@ -36,6 +44,8 @@ def _main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Model loading draws its own tqdm bars; the commands show one rich progress line.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()
@@ -114,6 +124,8 @@ def demo(
             f"  SELECT * FROM embedding_backfills.active_column('{act['table']}');",
             highlight=False,
         )
+    if report.shadow:
+        console.print(report.shadow_summary(), highlight=False)
     if not report.complete or not report.activation:
         console.print("[bold red]not activated:[/] the space did not pass its checks; see the UI")
         raise typer.Exit(1)
@@ -176,6 +188,189 @@ def retention_drop(space: Annotated[str, typer.Argument(help="A retired space")]
     except EmbeddingBackfillError as err:
         _fail(err)
     console.print(f"dropped {', '.join(dropped)}")
+
+
+changelog = typer.Typer(
+    help="The trigger-based change log: the drift sensor's fast path for large tables."
+)
+app.add_typer(changelog, name="changelog")
+
+
+def _changelog_action(space: str, action: str, json_output: bool) -> None:
+    from dataclasses import asdict
+
+    from .config import load_config
+    from .db.connection import connection
+    from .drift import changelog as log
+
+    do = {
+        "install": log.install_changelog,
+        "uninstall": log.uninstall_changelog,
+        "status": log.changelog_status,
+    }[action]
+    try:
+        with connection(autocommit=True) as conn:
+            state = do(conn, load_config().space(space))
+    except EmbeddingBackfillError as err:
+        _fail(err)
+    if json_output:
+        _emit_json(asdict(state))
+        return
+    watched = ", ".join(state.columns) or "-"
+    console.print(
+        f"change log of {state.space}: {'installed' if state.installed else 'not installed'}"
+        f" (text columns watched: {watched}); {state.pending:,} changes pending",
+        highlight=False,
+    )
+
+
+@changelog.command("install")
+def changelog_install(
+    space: Annotated[str, typer.Argument(help="Space name")], json_output: JsonFlag = False
+) -> None:
+    """Put change-log triggers on SPACE's table: inserts and text edits are logged.
+
+    Two row-level triggers (AFTER INSERT; AFTER UPDATE OF the text columns, when a value
+    really changed) write the row id to `embedding_backfills.change_log`; the
+    `<space>__drift` sensor turns the entries into partition runs within minutes.
+    Idempotent.
+    """
+    _changelog_action(space, "install", json_output)
+
+
+@changelog.command("uninstall")
+def changelog_uninstall(
+    space: Annotated[str, typer.Argument(help="Space name")], json_output: JsonFlag = False
+) -> None:
+    """Drop SPACE's change-log triggers and its pending entries (the content sweep remains)."""
+    _changelog_action(space, "uninstall", json_output)
+
+
+@changelog.command("status")
+def changelog_show(
+    space: Annotated[str, typer.Argument(help="Space name")], json_output: JsonFlag = False
+) -> None:
+    """Whether SPACE's change log is installed, which columns it watches, what is pending."""
+    _changelog_action(space, "status", json_output)
+
+
+def _emit_json(data: dict[str, object]) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@app.command()
+def plan(
+    space: Annotated[str, typer.Argument(help="Space name from the configuration")],
+    sample: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Rows embedded to time the model; a hosted endpoint receives (and bills) "
+            "them. 0 skips the timing",
+        ),
+    ] = 64,
+    token_sample: Annotated[
+        int,
+        typer.Option(min=1, help="Rows whose tokens are counted; larger tables extrapolate"),
+    ] = 2000,
+    json_output: JsonFlag = False,
+) -> None:
+    """Dry run: validate SPACE against the live database and estimate its backfill.
+
+    Checks pgvector, the table, key, text and target column, indexes, the registry and the
+    model's fingerprint; counts rows, empty rows, rows already done, partitions and
+    batches; estimates tokens, cost, embedding time (from a measured sample) and disk/WAL.
+    Writes nothing: every query runs in a read-only transaction. Exits 1 when a check fails.
+    """
+    from .config import load_config
+    from .reports.plan import plan_space
+    from .reports.render import progress_on, render_plan
+
+    try:
+        with progress_on(err_console) as progress:
+            report = plan_space(
+                load_config().space(space),
+                sample_size=sample,
+                token_sample=token_sample,
+                progress=progress,
+            )
+    except EmbeddingBackfillError as err:
+        _fail(err)
+    if json_output:
+        _emit_json(report.as_dict())
+    else:
+        console.print(render_plan(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def smoke(
+    space: Annotated[str, typer.Argument(help="Space name from the configuration")],
+    calls: Annotated[
+        int, typer.Option(min=1, help="Single-input calls timed for the latency percentiles")
+    ] = 10,
+    json_output: JsonFlag = False,
+) -> None:
+    """Measure SPACE's model endpoint with fixed sentinel texts (never a row).
+
+    Reports the returned dimension against the configured one, each sentinel vector
+    (finite, non-zero, unit norm), a batch call's count and order, p50/p95 latency, whether
+    the endpoint is local, on a private network or in a public cloud, and whether the model
+    still matches the registered fingerprint. Prints numbers and verdicts only. Exits 1
+    when a verdict fails, 2 when the endpoint cannot be used at all.
+    """
+    from .config import load_config
+    from .reports.render import progress_on, render_smoke
+    from .reports.smoke import smoke_space
+
+    try:
+        with progress_on(err_console) as progress:
+            report = smoke_space(load_config().space(space), calls=calls, progress=progress)
+    except EmbeddingBackfillError as err:
+        _fail(err)
+    if json_output:
+        _emit_json(report.as_dict())
+    else:
+        console.print(render_smoke(report))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    space: Annotated[
+        str | None, typer.Argument(help="One space; default: every configured space")
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Where each space stands, from the registry, the table and Dagster.
+
+    Per space: registry state (building, active, retired, dropped or unregistered), id-range
+    partitions materialized out of those created, rows with text, embedded, missing and stale
+    (one scan of the table per space), the latest evaluation of each column check, and the
+    indexes on the target column. Reads only.
+    """
+    from .config import load_config
+    from .instance import project_instance
+    from .reports.render import progress_on, render_status
+    from .reports.status import status_report
+
+    try:
+        config = load_config()
+        spaces = [config.space(space)] if space else list(config.spaces)
+        instance = project_instance()
+        try:
+            with progress_on(err_console) as progress:
+                report = status_report(spaces, instance, progress=progress)
+        finally:
+            instance.dispose()
+    except EmbeddingBackfillError as err:
+        _fail(err)
+    if json_output:
+        _emit_json(report.as_dict())
+    else:
+        console.print(render_status(report))
 
 
 def main() -> None:  # pragma: no cover

@@ -142,7 +142,18 @@ class ShadowConfig(_Strict):
 
     queries_file: str | None = Field(
         default=None,
-        description="Labelled queries (query -> relevant ids); relative to the project root",
+        description=(
+            'Labelled queries, JSON Lines: {"query": ..., "relevant": [...]} per line '
+            "(format: embedding_assets/lifecycle/shadow.py); relative to the project root. "
+            "Unset: self-retrieval on sampled rows"
+        ),
+    )
+    key_column: str | None = Field(
+        default=None,
+        description=(
+            "Column whose values the query file's `relevant` lists name (a natural key such "
+            "as a title); default: the space's id_column"
+        ),
     )
     k: int = Field(default=10, gt=0, le=1000, description="Top-k for recall, hit rate, overlap")
     sample_size: int = Field(
@@ -154,11 +165,24 @@ class ShadowConfig(_Strict):
     compare_to: str | None = Field(
         default=None, description="Space to compare with; default: the table's active space"
     )
+    report_dir: str = Field(
+        default=".shadow_reports",
+        description="Where the chart PNG is written (<space>.png); relative to the project root",
+    )
+
+    @field_validator("key_column")
+    @classmethod
+    def _key_ident(cls, value: str | None) -> str | None:
+        return None if value is None else _check_identifier(value, "key_column")
 
     def queries_path(self) -> Path | None:
         if self.queries_file is None:
             return None
         path = Path(self.queries_file).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def report_path(self) -> Path:
+        path = Path(self.report_dir).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
 
 

@@ -28,6 +28,11 @@ class ProviderError(EmbeddingBackfillError):
 class DimensionMismatchError(ProviderError):
     """The provider returned vectors whose dimension differs from the configured one."""
 
+    def __init__(self, message: str, *, returned: int, configured: int) -> None:
+        super().__init__(message)
+        self.returned = returned
+        self.configured = configured
+
 
 class EndpointUnavailableError(ProviderError):
     """The endpoint stayed unreachable, overloaded or rate-limited through every retry.

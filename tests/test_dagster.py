@@ -26,6 +26,8 @@ from embedding_assets.defs import build_definitions
 from embedding_assets.defs.assets import build_space_assets, embeddings_key
 from embedding_assets.defs.partitions import id_range_partitions_name
 
+SPACE_ASSETS = ("target_column", "embeddings", "hnsw_index", "registry", "shadow_validation")
+
 
 def test_workspace_loads_in_dagster() -> None:
     """What `dagster dev` does first: load workspace.yaml -> definitions.py."""
@@ -48,10 +50,23 @@ def test_workspace_loads_in_dagster() -> None:
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert keys == {
         "docs_legacy/adoption",
-        *(f"docs_minilm/{a}" for a in ("target_column", "embeddings", "hnsw_index", "registry")),
+        *(f"docs_minilm/{a}" for a in SPACE_ASSETS),
     }
-    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {"uniform_dimension", "complete", "one_model", "sane_vectors"}
+    checks = {
+        f"{k.asset_key.to_user_string()}:{k.name}"
+        for k in defs.resolve_asset_graph().asset_check_keys
+    }
+    assert checks == {
+        *(
+            f"docs_minilm/embeddings:{c}"
+            for c in ("uniform_dimension", "complete", "one_model", "sane_vectors")
+        ),
+        "docs_minilm/target_column:config_matches",
+        "docs_minilm/target_column:model_fingerprint",
+        "docs_minilm/shadow_validation:no_regression",
+    }
+    sensors = {s.name for s in defs.sensors}  # type: ignore[union-attr]
+    assert sensors == {"embedding_alerts", "docs_minilm__drift", "docs_minilm__content_drift"}
 
 
 def test_one_group_of_assets_per_space() -> None:
@@ -73,11 +88,7 @@ def test_one_group_of_assets_per_space() -> None:
         for a in build_definitions(config).assets  # type: ignore[union-attr]
         for s in a.specs  # type: ignore[union-attr]
     }
-    assert specs == {
-        f"{space}/{asset}": space
-        for space in ("a", "b")
-        for asset in ("target_column", "embeddings", "hnsw_index", "registry")
-    }
+    assert specs == {f"{space}/{asset}": space for space in ("a", "b") for asset in SPACE_ASSETS}
 
 
 def test_a_backfill_run_over_a_partition_range(

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 from conftest import (
+    create_docs,
     embedded_docs,
     make_space,
     materialize_partitions,
@@ -19,9 +21,12 @@ from conftest import (
     run_asset,
 )
 from dagster import DagsterInstance, SensorResult, build_sensor_context
+from dagster_dev import write_spaces_config
 from openai_server import FakeEmbeddingsServer
 from test_alerts import Webhook
+from typer.testing import CliRunner
 
+from embedding_assets.cli import app
 from embedding_assets.config import SpaceConfig
 from embedding_assets.defs.partitions import id_range_partitions_name
 from embedding_assets.defs.sensors import build_drift_sensors
@@ -303,8 +308,6 @@ def test_runs_requested_for_partitions_being_backfilled_are_left_to_the_backfill
     conn: psycopg.Connection, dagster_instance: DagsterInstance
 ) -> None:
     """A partition not yet materialized is not the sweep's business (its backfill embeds it)."""
-    from conftest import create_docs
-
     create_docs(conn, 1200)
     space = make_space()
     materialize_target(space, dagster_instance)
@@ -314,3 +317,31 @@ def test_runs_requested_for_partitions_being_backfilled_are_left_to_the_backfill
     assert requested(result) == []
     assert "not materialized yet" in skipped(result)
     materialize_partitions(space, dagster_instance)
+
+
+def test_changelog_commands_install_report_and_remove_the_triggers(
+    conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_docs(conn, 100)
+    space = make_space()
+    monkeypatch.setenv(
+        "EMBEDDING_BACKFILLS_CONFIG", str(write_spaces_config(tmp_path / "s.yaml", space))
+    )
+    runner = CliRunner()
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(app, ["changelog", *args, space.name, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    assert run("status")["installed"] is False
+    installed = run("install")
+    assert installed["installed"] is True and installed["columns"] == ["body"]
+    conn.execute("UPDATE docs SET body = 'changed' WHERE id = 3")
+    assert run("status")["pending"] == 1
+    assert run("uninstall") == {**installed, "installed": False, "columns": [], "pending": 0}
+    assert conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass AND NOT tgisinternal"
+    ).fetchone() == (0,)
+    missing = runner.invoke(app, ["changelog", "install", "no_such_space"])
+    assert missing.exit_code == 2 and "no space named 'no_such_space'" in missing.output

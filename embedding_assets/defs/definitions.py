@@ -11,6 +11,7 @@ from .checks import build_drift_checks, build_space_checks
 from .jobs import drop_retired_vector_space, rollback_vector_space
 from .resources import EmbeddingModelsResource, PostgresResource
 from .sensors import build_alert_sensor, build_drift_sensors
+from .shadow import build_shadow_assets
 from .visibility import build_visibility_assets
 
 
@@ -20,6 +21,7 @@ def build_definitions(config: ProjectConfig | None = None) -> Definitions:
     assets = [
         *(a for s in built for a in (*build_space_assets(s), *build_visibility_assets(s))),
         *(a for s in project.spaces if s.adopt for a in build_adoption_assets(s)),
+        *(a for s in built for a in build_shadow_assets(s, project)),
     ]
     return Definitions(
         assets=assets,

@@ -26,6 +26,7 @@ from ..defs.keys import (
 )
 from ..defs.partitions import id_range_partitions_name
 from ..defs.resources import EmbeddingModelsResource, PostgresResource
+from ..defs.shadow import NO_REGRESSION, build_shadow_assets, shadow_validation_key
 from ..defs.visibility import build_visibility_assets
 from ..instance import project_instance
 from .seed import seed_demo_table
@@ -51,10 +52,31 @@ class DemoReport:
     index: dict[str, object] = field(default_factory=dict)
     activation: dict[str, object] = field(default_factory=dict)
     adoption: dict[str, object] = field(default_factory=dict)
+    # shadow validation before activation: numeric metadata (no chart) and the WARN check
+    shadow: dict[str, object] = field(default_factory=dict)
+    shadow_checks: dict[str, bool] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         return self.vectors == self.rows_with_text and self.model_keys <= 1
+
+    def shadow_summary(self) -> str:
+        """One line: the shadow validation's metrics, old space vs new."""
+        if not self.shadow:
+            return "shadow validation: not run"
+        s = self.shadow
+        k = s["k"]
+        names = {"recall_at_k": f"recall@{k}", "hit_at_k": f"hit@{k}", "mrr": f"MRR@{k}"}
+        metrics = ", ".join(
+            f"{label} {s[f'old_{name}']:.2f} -> {s[f'new_{name}']:.2f}"
+            for name, label in names.items()
+            if f"old_{name}" in s
+        )
+        verdict = "passed" if self.shadow_checks.get(NO_REGRESSION) else "FAILED (WARN)"
+        return (
+            f"shadow validation ({s['queries']} {s['mode']} queries, {s['old_space']} -> "
+            f"{s['new_space']}): {metrics}; {NO_REGRESSION} {verdict}"
+        )
 
 
 def _metadata_of(result: object, key: AssetKey) -> dict[str, object]:
@@ -116,6 +138,7 @@ def run_demo(
         *build_visibility_assets(space),
         build_space_checks(space),
         *(build_adoption_assets(legacy) if legacy else []),
+        *build_shadow_assets(space, project),
     ]
     resources = {
         "postgres": PostgresResource(database_url=url),
@@ -123,7 +146,13 @@ def run_demo(
     }
     quiet = {"loggers": {"console": {"config": {"log_level": log_level}}}}
 
-    def run(selection: AssetKey, partition_key: str | None = None) -> dict[str, object]:
+    def run(
+        selection: AssetKey,
+        partition_key: str | None = None,
+        checks: dict[str, bool] | None = None,
+    ) -> dict[str, object]:
+        """Materialize one asset; record its check evaluations (default: the column's)."""
+        recorded = report.checks if checks is None else checks
         result = materialize(
             assets,
             selection=[selection],
@@ -134,7 +163,7 @@ def run_demo(
         )
         assert result.success
         for evaluation in result.get_asset_check_evaluations():
-            report.checks[evaluation.check_name] = evaluation.passed
+            recorded[evaluation.check_name] = evaluation.passed
         return _metadata_of(result, selection)
 
     if legacy is not None:  # what applications query today, registered first
@@ -145,6 +174,11 @@ def run_demo(
         report.partitions.append(PartitionReport(key, run(embeddings_key(space), key)))
     if report.checks and all(report.checks.values()):
         report.index = run(hnsw_index_key(space))
+        if legacy is not None or space.shadow.compare_to:
+            # Before the switch: how the new space retrieves compared with the one in use.
+            # Its WARN check is advice for the operator; the demo activates either way.
+            shadow = run(shadow_validation_key(space), checks=report.shadow_checks)
+            report.shadow = {k: v for k, v in shadow.items() if k not in ("summary", "chart")}
         report.activation = run(registry_key(space))
     report.vectors, report.rows_with_text, report.dims, report.model_keys = verify_space(space, url)
     return report

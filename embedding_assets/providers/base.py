@@ -141,7 +141,9 @@ def check_vectors(vectors: object, expected_rows: int, identity: ModelIdentity) 
             f"{identity.label()} returned {array.shape[1]}-dimensional vectors but the space is "
             f"configured for {identity.dimensions}; set model.dimensions to what the model "
             "returns, or (openai) set send_dimensions: always so the server shortens them. "
-            "Nothing was written."
+            "Nothing was written.",
+            returned=int(array.shape[1]),
+            configured=identity.dimensions,
         )
     if not np.isfinite(array).all():
         raise ProviderError(f"{identity.label()} returned NaN or infinite values; nothing written")

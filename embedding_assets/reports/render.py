@@ -1,0 +1,231 @@
+"""Rich renderings of the reports for people (scripts use `--json`), and a rich `Progress`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgressBar
+from rich.table import Table
+
+from .plan import PlanReport
+from .smoke import SmokeReport
+from .status import StatusReport
+
+_OK = "[green]ok[/]"
+_FAIL = "[bold red]FAIL[/]"
+
+
+class RichProgress:
+    """`reports.Progress` on a rich bar: one line, replaced at each step, then erased."""
+
+    def __init__(self, bar: RichProgressBar) -> None:
+        self._bar = bar
+        self._task: TaskID | None = None
+
+    def step(self, description: str, total: int | None = None) -> None:
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, amount: int = 1) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, amount)
+
+
+@contextmanager
+def progress_on(console: Console) -> Iterator[RichProgress]:
+    """A transient progress line on `console`; silent when it is not a terminal."""
+    with RichProgressBar(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        yield RichProgress(bar)
+
+
+def _n(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else _OK if ok else _FAIL
+
+
+def render_plan(report: PlanReport) -> RenderableType:
+    checks = Table(title=f"plan {report.space}: {report.table}.{report.target_column}")
+    checks.add_column("check")
+    checks.add_column("verdict")
+    checks.add_column("found", overflow="fold")
+    for finding in report.findings:
+        checks.add_row(finding.name, _verdict(finding.ok), finding.detail)
+
+    endpoint = f"{report.endpoint.kind} endpoint {report.endpoint.host}"
+    work = Table(title=f"estimate ({endpoint})")
+    work.add_column("estimate")
+    work.add_column("value", justify="right")
+    work.add_column("how", overflow="fold")
+    c = report.counts
+    if c is not None:
+        work.add_row("rows", _n(c.rows), "in the table")
+        work.add_row("empty rows", _n(c.empty), "NULL or blank text: never embedded")
+        work.add_row("rows already done", _n(c.done), "same text hash and model: skipped")
+        work.add_row("rows to embed", _n(c.to_embed), "")
+        work.add_row(
+            "partitions", _n(c.partitions), f"{_n(c.partitions_to_run)} hold rows to embed"
+        )
+        work.add_row("batches", _n(report.batches), f"of {report.batch_size} rows")
+    if report.tokens is not None:
+        t = report.tokens
+        how = f"{t.method}; {t.per_row:,.1f} per row, " + (
+            f"counted on a random sample of {t.counted_rows:,} rows, extrapolated"
+            if t.extrapolated
+            else f"counted on all {t.counted_rows:,} rows"
+        )
+        label = "tokens" if t.exact_tokenizer else "tokens (approximate)"
+        work.add_row(label, _n(t.total), how)
+    if report.cost is not None:
+        usd = "unknown" if report.cost.usd is None else f"{report.cost.usd:,.4f} USD"
+        work.add_row("cost", usd, report.cost.basis)
+    if report.time is not None:
+        tm = report.time
+        work.add_row(
+            "embedding time",
+            _duration(tm.seconds),
+            f"{tm.rows_per_second:,.1f} rows/s measured on a sample of {tm.sample_rows} rows "
+            f"({tm.sample_seconds:.2f} s); one run at a time",
+        )
+    if report.storage is not None:
+        s = report.storage
+        toast = "TOASTed (> 495 dims)" if s.toasted else "stored inline"
+        work.add_row(
+            "disk added", _bytes(s.added_bytes), f"{s.added_bytes_per_row:,} B/row, {toast}"
+        )
+        work.add_row("disk peak", _bytes(s.peak_bytes), "before vacuum reclaims old row versions")
+        work.add_row("WAL", _bytes(s.wal_bytes), "plus full-page images after checkpoints")
+    verdict = (
+        "[bold green]ready:[/] nothing was written"
+        if report.ok
+        else "[bold red]not ready:[/] fix the failed checks (nothing was written)"
+    )
+    return Group(checks, work, verdict)
+
+
+def render_smoke(report: SmokeReport) -> RenderableType:
+    head = Table(title=f"smoke {report.space}: {report.model}")
+    head.add_column("check")
+    head.add_column("verdict")
+    head.add_column("measured", overflow="fold")
+    verdicts = report.verdicts
+    head.add_row("endpoint", "-", f"{report.endpoint.kind} ({report.endpoint.host})")
+    head.add_row(
+        "dimension",
+        _verdict(verdicts["dimension"]),
+        f"returned {report.returned_dimension}, configured {report.configured_dimension}",
+    )
+    if report.batch is not None:
+        b = report.batch
+        cosine = "-" if b.min_cosine is None else f"{b.min_cosine:.6f}"
+        head.add_row(
+            "batch",
+            _verdict(b.ok),
+            f"{_n(b.returned)} of {b.size} vectors; sentinel batch-vs-single cosine min {cosine}",
+        )
+    if report.latency is not None:
+        lat = report.latency
+        head.add_row(
+            "latency",
+            "-",
+            f"p50 {lat.p50_ms:.1f} ms, p95 {lat.p95_ms:.1f} ms, max {lat.max_ms:.1f} ms "
+            f"over {lat.calls} calls",
+        )
+    if report.fingerprint is not None:
+        f = report.fingerprint
+        detail = f.status + ("" if f.min_cosine is None else f", min cosine {f.min_cosine:.6f}")
+        if f.registered:
+            detail += f"; registered {f.registered}, now {f.current}"
+        head.add_row("fingerprint", _verdict(f.ok), detail)
+
+    parts: list[RenderableType] = [head]
+    if report.sentinels:
+        sentinels = Table(title="sentinel texts (by number; texts are never printed)")
+        for column in ("#", "chars", "dims", "finite", "norm", "unit norm", "verdict"):
+            sentinels.add_column(column, justify="right")
+        for s in report.sentinels:
+            sentinels.add_row(
+                str(s.index),
+                str(s.chars),
+                _n(s.dimension),
+                "yes" if s.finite else "no",
+                "-" if s.norm is None else f"{s.norm:.6f}",
+                "-" if s.unit_norm is None else "yes" if s.unit_norm else "no",
+                _verdict(s.ok),
+            )
+        parts.append(sentinels)
+    parts.append(
+        "[bold green]pass[/]" if report.passed else "[bold red]FAIL:[/] see the failed checks"
+    )
+    return Group(*parts)
+
+
+def render_status(report: StatusReport) -> RenderableType:
+    spaces = Table(title="vector spaces")
+    spaces.add_column("space", overflow="fold")
+    spaces.add_column("registry")
+    for column in ("partitions", "rows with text", "embedded", "missing", "stale"):
+        spaces.add_column(column, justify="right", no_wrap=True)
+    columns = Table(title="columns and indexes")
+    for column in ("space", "column", "index", "valid"):
+        columns.add_column(column, overflow="fold")
+    checks = Table(title="latest check evaluations")
+    for column in ("space", "check", "state", "severity", "evaluated (UTC)"):
+        checks.add_column(column)
+    for s in report.spaces:
+        partitions = (
+            "adopted" if s.partitions_total is None else f"{s.partitions_done}/{s.partitions_total}"
+        )
+        spaces.add_row(
+            s.space,
+            s.registry,
+            partitions,
+            _n(s.rows_with_text),
+            _n(s.embedded),
+            _n(s.missing),
+            "n/a" if s.adopted else _n(s.stale),
+        )
+        where = f"{s.table}.{s.target_column}" + ("" if s.column_exists else " (absent)")
+        for i, index in enumerate(s.indexes or [None]):
+            columns.add_row(
+                s.space if i == 0 else "",
+                where if i == 0 else "",
+                "none" if index is None else index.name,
+                "-" if index is None else "yes" if index.valid else "[bold red]INVALID[/]",
+            )
+        for c in s.checks:
+            style = {"passed": "green", "failed": "bold red", "deferred": "yellow"}.get(c.state)
+            state = f"[{style}]{c.state}[/]" if style else c.state
+            when = (c.evaluated_at or "-").replace("T", " ").removesuffix("+00:00")
+            checks.add_row(s.space, c.name, state, c.severity or "-", when)
+    return Group(spaces, columns, checks) if checks.row_count else Group(spaces, columns)

@@ -1,0 +1,197 @@
+"""`status`: where each space stands, from the registry, the table and Dagster.
+
+Per space: registry state, partitions materialized out of those created, one scan of the
+column (`checks.column.evaluate_column`: rows with text, vectors, missing, stale), the
+latest evaluation of each column check, and the indexes on the target column. Reads only;
+the Dagster instance is passed in so a caller (or a test) chooses which one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from dagster import DagsterInstance
+
+from ..checks.column import evaluate_column
+from ..config import SpaceConfig
+from ..db.introspect import column_info, indexes_on_column, relation
+from ..db.registry import SpaceRecord, get_space, registry_exists
+from ..defs.checks import check_keys
+from ..defs.keys import embeddings_key
+from ..defs.partitions import id_range_partitions_name
+from . import NoProgress, Progress, read_only_connection
+
+
+@dataclass(frozen=True)
+class CheckState:
+    name: str
+    state: str  # passed | failed | deferred | planned | never evaluated
+    severity: str | None
+    evaluated_at: str | None  # ISO 8601, UTC
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "severity": self.severity,
+            "evaluated_at": self.evaluated_at,
+        }
+
+
+@dataclass(frozen=True)
+class IndexState:
+    name: str
+    valid: bool
+    method: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "valid": self.valid, "method": self.method}
+
+
+@dataclass
+class SpaceStatus:
+    space: str
+    table: str
+    target_column: str
+    model: str
+    adopted: bool
+    registry: str  # building | active | retired | dropped | unregistered
+    column_exists: bool = False
+    partitions_total: int | None = None  # None: adopted spaces have no partitions
+    partitions_done: int | None = None
+    rows: int | None = None
+    rows_with_text: int | None = None
+    embedded: int | None = None
+    missing: int | None = None
+    stale: int | None = None  # None: no per-row text hash (adopted column)
+    checks: list[CheckState] = field(default_factory=list)
+    indexes: list[IndexState] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "space": self.space,
+            "table": self.table,
+            "target_column": self.target_column,
+            "model": self.model,
+            "adopted": self.adopted,
+            "registry": self.registry,
+            "column_exists": self.column_exists,
+            "partitions": {"done": self.partitions_done, "total": self.partitions_total},
+            "rows": {
+                "total": self.rows,
+                "with_text": self.rows_with_text,
+                "embedded": self.embedded,
+                "missing": self.missing,
+                "stale": self.stale,
+            },
+            "checks": [c.as_dict() for c in self.checks],
+            "indexes": [i.as_dict() for i in self.indexes],
+        }
+
+
+@dataclass
+class StatusReport:
+    spaces: list[SpaceStatus]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"spaces": [s.as_dict() for s in self.spaces]}
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def check_states(instance: DagsterInstance, space: SpaceConfig) -> list[CheckState]:
+    """The latest evaluation of each column check, as the gate reads them."""
+    keys = check_keys(space)
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    states = []
+    for key in keys:
+        record = records.get(key)
+        evaluation = record.event.asset_check_evaluation if record and record.event else None
+        if record is None:
+            states.append(CheckState(key.name, "never evaluated", None, None))
+        elif evaluation is None:  # planned: its run has not evaluated it (yet)
+            states.append(
+                CheckState(
+                    key.name, record.status.value.lower(), None, _iso(record.create_timestamp)
+                )
+            )
+        else:
+            deferred = getattr(evaluation.metadata.get("deferred"), "value", False)
+            state = "passed" if evaluation.passed else "deferred" if deferred else "failed"
+            stamp = record.event.timestamp if record.event else record.create_timestamp
+            states.append(
+                CheckState(key.name, state, evaluation.severity.value.lower(), _iso(stamp))
+            )
+    return states
+
+
+def partition_counts(instance: DagsterInstance, space: SpaceConfig) -> tuple[int, int]:
+    """(materialized, created) id-range partitions of `<name>/embeddings`."""
+    known = set(instance.get_dynamic_partitions(id_range_partitions_name(space)))
+    done = set(instance.get_materialized_partitions(embeddings_key(space)))
+    return len(known & done), len(known)
+
+
+def _registry_record(conn: psycopg.Connection, space: SpaceConfig) -> SpaceRecord | None:
+    return get_space(conn, space.name) if registry_exists(conn) else None
+
+
+def space_status(
+    conn: psycopg.Connection, instance: DagsterInstance, space: SpaceConfig
+) -> SpaceStatus:
+    record = _registry_record(conn, space)
+    status = SpaceStatus(
+        space=space.name,
+        table=space.table,
+        target_column=space.target_column,
+        model=f"{space.model.provider}:{space.model.name} ({space.model.dimensions}d)",
+        adopted=space.adopt,
+        registry=record.status if record else "unregistered",
+    )
+    if not space.adopt:
+        status.partitions_done, status.partitions_total = partition_counts(instance, space)
+        status.checks = check_states(instance, space)
+    table = relation(conn, space.schema_name, space.table_name)
+    if table is None or column_info(conn, table[0], space.target_column) is None:
+        return status
+    status.column_exists = True
+    provenance = not space.adopt and all(
+        column_info(conn, table[0], c) is not None
+        for c in (space.text_hash_column, space.model_key_column)
+    )
+    # The model key only decides `one_model`, which status does not show.
+    column = evaluate_column(conn, space, record.model_key if record else 0, provenance=provenance)
+    complete = column.verdicts["complete"].metadata
+    status.rows, status.rows_with_text, status.embedded = (
+        column.rows,
+        column.rows_with_text,
+        column.vectors,
+    )
+    status.missing = int(complete["rows_missing"])  # type: ignore[call-overload]
+    status.stale = int(complete["rows_stale"]) if provenance else None  # type: ignore[call-overload]
+    status.indexes = [
+        IndexState(i.name, i.valid, i.method)
+        for i in indexes_on_column(conn, table[0], space.target_column)
+    ]
+    return status
+
+
+def status_report(
+    spaces: list[SpaceConfig],
+    instance: DagsterInstance,
+    *,
+    database_url: str | None = None,
+    progress: Progress | None = None,
+) -> StatusReport:
+    """Status of each space, one column scan per space."""
+    progress = progress or NoProgress()
+    report = StatusReport([])
+    with read_only_connection(database_url) as conn:
+        for space in spaces:
+            progress.step(f"scanning {space.table}.{space.target_column} ({space.name})")
+            report.spaces.append(space_status(conn, instance, space))
+    return report

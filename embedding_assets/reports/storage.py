@@ -1,0 +1,97 @@
+"""How much disk and WAL a backfill writes: an order-of-magnitude estimate, per row.
+
+Per embedded row the backfill UPDATEs three columns. The bytes involved:
+
+    V = 4 * dims + 8        the vector datum (pgvector: 4-byte varlena header, int16 dim,
+                            int16 unused, float4 components)
+    P = 33 + 8              provenance: sha256 bytea (32 bytes + 1-byte short header) and
+                            the bigint model key
+    T = 24 + 4              a heap tuple's header (23, aligned) and its line pointer
+
+Vectors above 495 dims (V > 1988 bytes) push the tuple past PostgreSQL's ~2 kB TOAST
+threshold and are stored out of line: 18 bytes stay in the row, and the TOAST table holds
+ceil(V / 1996) chunks of V bytes in total, each chunk costing 60 more (its own T, chunk id
+and sequence, varlena header, and a TOAST-index entry). So per row:
+
+    inline = 18 if toasted else V
+    toast  = V + 60 * ceil(V / 1996) if toasted else 0
+    added  = inline + P + toast                 growth once dead tuples are vacuumed
+    peak   = R + inline + P + toast             before vacuum: UPDATE writes a whole new
+                                                row version (R = the table's current heap
+                                                bytes per row, overhead included) while
+                                                the old one stays until vacuum
+    wal    = peak + 50                          the new tuple plus WAL record headers and
+                                                the primary-key index entry of a non-HOT
+                                                update
+
+Not included: full-page images (the first change to each page after a checkpoint logs the
+whole 8 kB page: up to the table's size again per checkpoint interval), a wide row pushing
+a shorter vector out of line too, and compression (floats barely compress).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOAST_MAX_INLINE_DIMS = 495
+TOAST_CHUNK_BYTES = 1996
+TOAST_CHUNK_OVERHEAD = 60
+TOAST_POINTER_BYTES = 18
+PROVENANCE_BYTES = 33 + 8
+WAL_RECORD_OVERHEAD = 50
+
+
+@dataclass(frozen=True)
+class StorageEstimate:
+    rows: int
+    dims: int
+    vector_bytes: int  # V
+    toasted: bool
+    added_bytes_per_row: int
+    peak_bytes_per_row: int
+    wal_bytes_per_row: int
+
+    @property
+    def added_bytes(self) -> int:
+        return self.rows * self.added_bytes_per_row
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.rows * self.peak_bytes_per_row
+
+    @property
+    def wal_bytes(self) -> int:
+        return self.rows * self.wal_bytes_per_row
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rows": self.rows,
+            "dimensions": self.dims,
+            "vector_bytes": self.vector_bytes,
+            "toasted": self.toasted,
+            "added_bytes_per_row": self.added_bytes_per_row,
+            "added_bytes": self.added_bytes,
+            "peak_bytes": self.peak_bytes,
+            "wal_bytes": self.wal_bytes,
+            "full_page_images_included": False,
+        }
+
+
+def estimate_storage(rows: int, dims: int, heap_bytes_per_row: int) -> StorageEstimate:
+    """The module docstring's formula for `rows` updated rows of `dims`-d vectors."""
+    vector = 4 * dims + 8
+    toasted = dims > TOAST_MAX_INLINE_DIMS
+    inline = TOAST_POINTER_BYTES if toasted else vector
+    chunks = -(-vector // TOAST_CHUNK_BYTES)
+    toast = vector + TOAST_CHUNK_OVERHEAD * chunks if toasted else 0
+    added = inline + PROVENANCE_BYTES + toast
+    peak = heap_bytes_per_row + added
+    return StorageEstimate(
+        rows=rows,
+        dims=dims,
+        vector_bytes=vector,
+        toasted=toasted,
+        added_bytes_per_row=added,
+        peak_bytes_per_row=peak,
+        wal_bytes_per_row=peak + WAL_RECORD_OVERHEAD,
+    )

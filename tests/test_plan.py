@@ -1,0 +1,242 @@
+"""`embedding-backfills plan`: a dry run on a real database that counts exactly and writes
+nothing, also when pgvector is missing or the table is partly embedded."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import create_docs, make_space, non_empty_count
+from dagster_dev import write_spaces_config
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from typer.testing import CliRunner
+
+from embedding_assets.cli import app
+from embedding_assets.config import SpaceConfig
+from embedding_assets.pipeline.backfill import embed_range
+from embedding_assets.pipeline.target import prepare_target_column
+from embedding_assets.providers import build_provider
+from embedding_assets.reports.storage import estimate_storage
+
+
+def snapshot(conn: psycopg.Connection) -> dict[str, object]:
+    """Everything plan could change: relations, columns, extensions, our schema, registry
+    rows, the data."""
+    registry = conn.execute("SELECT to_regclass('embedding_backfills.vector_spaces')").fetchone()
+    # Not the pg_temp_N schemas: a closed session's temp tables (the writer's COPY staging
+    # table) are dropped by its backend a moment after the client has gone.
+    user_objects = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
+    return {
+        "relations": conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
+            + user_objects
+            + " ORDER BY 1, 2"
+        ).fetchall(),
+        "columns": conn.execute(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE a.attnum > 0 AND NOT a.attisdropped AND " + user_objects + " ORDER BY 1, 2"
+        ).fetchall(),
+        "extensions": conn.execute(
+            "SELECT extname, extversion FROM pg_extension ORDER BY 1"
+        ).fetchall(),
+        "schema": conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'embedding_backfills'"
+        ).fetchone(),
+        "registry": registry[0] is not None
+        and conn.execute("SELECT count(*) FROM embedding_backfills.vector_spaces").fetchall(),
+        "data": conn.execute(
+            "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM docs t"
+        ).fetchone(),
+    }
+
+
+def expected_counts(conn: psycopg.Connection, partition_size: int) -> tuple[int, int, int]:
+    """(rows, empty rows, occupied partitions), straight from SQL."""
+    row = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE btrim(coalesce(body, '')) = ''),"
+        " count(DISTINCT id / %s) FROM docs",
+        (partition_size,),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+def run_plan(
+    space: SpaceConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[int, dict, str]:
+    """Invoke the CLI twice (--json and tables); return exit code, JSON and human output."""
+    config = write_spaces_config(tmp_path / "spaces.yaml", space)
+    monkeypatch.setenv("EMBEDDING_BACKFILLS_CONFIG", str(config))
+    runner = CliRunner()
+    as_json = runner.invoke(app, ["plan", space.name, "--json", *args])
+    human = runner.invoke(app, ["plan", space.name, *args])
+    assert as_json.exit_code == human.exit_code, human.output
+    return as_json.exit_code, json.loads(as_json.stdout), human.output
+
+
+def finding(report: dict, name: str) -> dict:
+    return next(f for f in report["findings"] if f["name"] == name)
+
+
+def test_plan_counts_exactly_and_writes_nothing(
+    conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_docs(conn, 1200)
+    space = make_space(batch_size=50, partition_size=500)
+    before = snapshot(conn)
+
+    code, report, human = run_plan(space, tmp_path, monkeypatch)
+
+    assert snapshot(conn) == before
+    assert code == 0, human
+    rows, empty, partitions = expected_counts(conn, 500)
+    assert (rows, empty, partitions) == (1200, 144, 3)  # ids 1..1200: 120 NULL, 24 blank
+    assert report["rows"] == rows
+    assert report["rows_empty"] == empty
+    assert report["rows_done"] == 0
+    assert report["rows_to_embed"] == non_empty_count(conn) == rows - empty
+    assert report["partitions"] == report["partitions_to_run"] == partitions
+    assert report["batches"] == -(-(rows - empty) // 50)
+    assert finding(report, "target_column")["detail"].startswith("emb absent")
+    assert finding(report, "pgvector")["ok"] and report["pgvector"]
+    # hash provider: tokens are whitespace words, counted on every row (fewer than the sample)
+    words = conn.execute(
+        "SELECT sum(array_length(regexp_split_to_array(btrim(body), '\\s+'), 1)) FROM docs"
+        " WHERE btrim(coalesce(body, '')) <> ''"
+    ).fetchone()[0]
+    assert report["tokens"]["total"] == words
+    assert report["tokens"]["extrapolated"] is False
+    assert report["cost"]["usd"] == 0.0 and report["endpoint"]["kind"] == "local"
+    assert report["time"]["sample_rows"] == 64 and report["time"]["rows_per_second"] > 0
+    assert report["storage"]["wal_bytes"] > report["storage"]["added_bytes"] > 0
+    assert "ready" in human and "1,056" in human  # rows to embed, as a person reads it
+
+
+def test_plan_without_pgvector_says_so_and_creates_nothing(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn.execute("DROP EXTENSION vector")
+    create_docs(conn, 300)
+    space = make_space()
+    before = snapshot(conn)
+
+    code, report, human = run_plan(space, tmp_path, monkeypatch, "--sample", "0")
+
+    assert snapshot(conn) == before and before["extensions"] == [("plpgsql", "1.0")]
+    # a superuser may create it: the backfill would, so plan is not blocked
+    assert code == 0
+    assert report["pgvector"] is None
+    assert "pgvector is not installed in this database" in finding(report, "pgvector")["detail"]
+    assert "pgvector is not installed in this database" in human
+    assert report["rows"] == 300 and report["time"] is None  # --sample 0: nothing embedded
+
+    # A role that may not create the extension: a failed check, exit 1, still no write.
+    role = f"planner_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("GRANT SELECT ON docs TO {}").format(sql.Identifier(role)))
+    params = conninfo_to_dict(db_url)
+    params["user"] = role
+    monkeypatch.setenv("DATABASE_URL", make_conninfo(**params))  # type: ignore[arg-type]
+    before = snapshot(conn)
+
+    code, report, human = run_plan(space, tmp_path, monkeypatch, "--sample", "0")
+
+    assert snapshot(conn) == before
+    assert code == 1
+    pgvector = finding(report, "pgvector")
+    assert not pgvector["ok"] and "may not create it" in pgvector["detail"]
+    assert "not ready" in human
+
+
+def test_plan_counts_done_and_stale_rows_of_a_partly_embedded_table(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_docs(conn, 1200)
+    space = make_space(partition_size=500)
+    provider = build_provider(space.model)
+    prepare_target_column(conn, space, provider)
+    embed_range(space, provider, 0, 499, database_url=db_url)  # the first partition only
+    conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE id = 7")  # now stale
+    before = snapshot(conn)
+
+    code, report, _ = run_plan(space, tmp_path, monkeypatch, "--sample", "8")
+
+    assert snapshot(conn) == before
+    assert code == 0
+    done = conn.execute(
+        "SELECT count(*) FROM docs WHERE id <= 499 AND id <> 7 AND btrim(coalesce(body, '')) <> ''"
+    ).fetchone()[0]
+    assert report["rows_done"] == done
+    assert report["rows_to_embed"] == non_empty_count(conn) - done
+    # the stale row puts partition 0 back to work next to the two never embedded
+    assert (report["partitions"], report["partitions_to_run"]) == (3, 3)
+    assert finding(report, "registry")["detail"] == "registered as building, same model"
+    assert finding(report, "fingerprint")["ok"]
+    assert finding(report, "target_column")["detail"].startswith("emb exists as vector(16)")
+
+
+def test_plan_refuses_an_index_on_a_building_space(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_docs(conn, 200)
+    space = make_space()
+    prepare_target_column(conn, space, build_provider(space.model))
+    conn.execute("CREATE INDEX docs_emb_early ON docs USING hnsw (emb vector_cosine_ops)")
+
+    code, report, human = run_plan(space, tmp_path, monkeypatch, "--sample", "0")
+
+    assert code == 1
+    index = finding(report, "index")
+    assert not index["ok"] and "docs_emb_early" in index["detail"]
+    assert "not ready" in human
+
+
+def test_storage_estimate_toasts_above_495_dims() -> None:
+    inline = estimate_storage(rows=1000, dims=384, heap_bytes_per_row=100)
+    toasted = estimate_storage(rows=1000, dims=1536, heap_bytes_per_row=100)
+    assert not inline.toasted and toasted.toasted
+    # 384 dims inline: vector 1544 B + 41 B provenance per row
+    assert inline.added_bytes == 1000 * (4 * 384 + 8 + 41)
+    # 1536 dims: 18-byte pointer in the row, 6152 B in 4 TOAST chunks of 60 B overhead each
+    assert toasted.added_bytes_per_row == 18 + 41 + 6152 + 4 * 60
+
+
+def test_plan_prices_a_hosted_openai_model_with_its_own_tokenizer(
+    conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bpe_openai
+
+    create_docs(conn, 300)
+    conn.execute("UPDATE docs SET body = body || ' Zażółć gęślą jaźń' WHERE id % 3 = 0")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")  # --sample 0: never used
+    space = make_space(model={"provider": "openai", "name": "text-embedding-3-small"})
+
+    code, report, human = run_plan(space, tmp_path, monkeypatch, "--sample", "0")
+
+    assert code == 0, human
+    encoding = bpe_openai.get_encoding("cl100k_base")
+    texts = [
+        r[0] for r in conn.execute("SELECT body FROM docs WHERE btrim(coalesce(body, '')) <> ''")
+    ]
+    expected = sum(len(encoding.encode_ordinary(t)) for t in texts)
+    assert report["tokens"]["total"] == expected and report["tokens"]["exact_tokenizer"]
+    assert report["endpoint"] == {"kind": "public-cloud", "host": "api.openai.com"}
+    assert report["cost"]["usd"] == pytest.approx(expected * 0.02 / 1_000_000)
+    assert "sk-test-secret-123" not in human
+
+
+def test_an_unknown_tokenizer_is_labelled_approximate() -> None:
+    from embedding_assets.reports.tokens import token_counter
+
+    ollama = make_space(
+        model={"provider": "openai", "name": "nomic-embed-text", "base_url": "http://x:1/v1"}
+    ).model
+    counter = token_counter(ollama, None)
+    assert counter is not None and not counter.exact and "approximate" in counter.method
+    assert counter.count(["abcdefgh", "Zażółć"]) == [2, 3]  # 8 and 10 UTF-8 bytes
