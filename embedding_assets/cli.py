@@ -116,6 +116,8 @@ def demo(
             f"{float(idx['build_seconds']):.2f}s, {int(idx['index_size_bytes']):,} bytes",
             highlight=False,
         )
+    if report.shadow:
+        console.print(report.shadow_summary(), highlight=False)
     if report.activation:
         act = report.activation
         console.print(
@@ -124,8 +126,6 @@ def demo(
             f"  SELECT * FROM embedding_backfills.active_column('{act['table']}');",
             highlight=False,
         )
-    if report.shadow:
-        console.print(report.shadow_summary(), highlight=False)
     if not report.complete or not report.activation:
         console.print("[bold red]not activated:[/] the space did not pass its checks; see the UI")
         raise typer.Exit(1)
