@@ -31,6 +31,13 @@ class Page:
         return self.ids[-1]
 
 
+def done_predicate(space: SpaceConfig) -> sql.Composed:
+    """True for a row `t` already embedded from its current text (`h.h`) by model `%(key)s`."""
+    return sql.SQL("t.{v} IS NOT NULL AND t.{k} = %(key)s AND t.{hc} = h.h").format(
+        **space_sql(space)
+    )
+
+
 def page_query(space: SpaceConfig) -> sql.Composed:
     return sql.SQL(
         """
@@ -38,13 +45,12 @@ def page_query(space: SpaceConfig) -> sql.Composed:
                t.{v} IS NOT NULL
         FROM {t} AS t
         {text_hash}
-        CROSS JOIN LATERAL (
-            SELECT t.{v} IS NOT NULL AND t.{k} = %(key)s AND t.{hc} = h.h AS done) AS d
+        CROSS JOIN LATERAL (SELECT {done} AS done) AS d
         WHERE t.{id} > %(after)s AND t.{id} <= %(last)s
         ORDER BY t.{id}
         LIMIT %(limit)s
         """
-    ).format(**space_sql(space))
+    ).format(done=done_predicate(space), **space_sql(space))
 
 
 def iter_pages(

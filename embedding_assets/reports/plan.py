@@ -25,7 +25,7 @@ from ..db.migrations import check_pgvector
 from ..db.registry import SpaceRecord, check_registration, registry_exists
 from ..errors import ConfigError, EmbeddingBackfillError
 from ..pipeline.partitions import occupied_ranges
-from ..pipeline.reader import page_query
+from ..pipeline.reader import done_predicate, page_query
 from ..pipeline.target import check_fingerprint, indexes_blocking_writes
 from ..providers import SENTINEL_TEXTS, EmbeddingProvider, build_provider
 from . import NoProgress, Progress, read_only_connection
@@ -42,7 +42,8 @@ PRICES_USD_PER_MILLION_TOKENS: dict[str, float] = {
 }
 DEFAULT_TIME_SAMPLE = 64
 DEFAULT_TOKEN_SAMPLE = 2000
-_SAMPLE_SEED = 0.4242  # the same rows every time: estimates differ only when the data does
+# TABLESAMPLE REPEATABLE seed: the same rows every time, so estimates move only with the data
+_SAMPLE_SEED = 4242
 
 
 @dataclass(frozen=True)
@@ -270,16 +271,30 @@ def count_rows(
 
 
 def sample_texts(
-    conn: psycopg.Connection, space: SpaceConfig, provenance: bool, model_key: int, n: int
+    conn: psycopg.Connection,
+    space: SpaceConfig,
+    provenance: bool,
+    model_key: int,
+    n: int,
+    to_embed: int,
 ) -> list[str]:
-    """Up to `n` random texts of rows a run would embed (same rows on every call)."""
+    """Up to `n` texts of rows a run would embed, the same rows on every call.
+
+    `TABLESAMPLE SYSTEM` reads only the sampled pages (three times the share needed, as not
+    every row there needs embedding): the count above already hashed the whole table once.
+    A sample that finds nothing (a small or mostly done table) is retried on every page.
+    """
+    done = done_predicate(space) if provenance else sql.SQL("false")
     query = sql.SQL(
-        "SELECT r.txt FROM ({}) AS r(id, txt, h, done, has_vector)"
-        " WHERE r.h IS NOT NULL AND r.done IS NOT TRUE ORDER BY random() LIMIT %(n)s"
-    ).format(_rows_subquery(space, provenance))
-    with conn.transaction():
-        conn.execute("SELECT setseed(%s)", (_SAMPLE_SEED,))
-        return [r[0] for r in conn.execute(query, {**_all_rows(model_key), "n": n})]
+        "SELECT x.txt FROM {t} AS t TABLESAMPLE SYSTEM (%(percent)s) REPEATABLE (%(seed)s)"
+        " {text_hash} WHERE h.h IS NOT NULL AND NOT ({done}) LIMIT %(n)s"
+    ).format(done=done, **space_sql(space))
+    percent = 100.0 if to_embed <= n else min(100.0, 300.0 * n / to_embed)
+    params = {"key": model_key, "seed": _SAMPLE_SEED, "n": n}
+    texts = [r[0] for r in conn.execute(query, {**params, "percent": percent})]
+    if not texts and percent < 100:
+        texts = [r[0] for r in conn.execute(query, {**params, "percent": 100.0})]
+    return texts
 
 
 def heap_bytes_per_row(conn: psycopg.Connection, table_oid: int, rows: int) -> int:
@@ -425,7 +440,7 @@ def _validate_and_count(
             heap_bytes_per_row(conn, info.oid, report.counts.rows),
         )
         progress.step("sampling texts to count tokens")
-        return sample_texts(conn, space, provenance, key, sample_rows)
+        return sample_texts(conn, space, provenance, key, sample_rows, report.counts.to_embed)
 
 
 def _estimate(
