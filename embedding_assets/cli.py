@@ -6,7 +6,8 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -258,6 +259,16 @@ def _emit_json(data: dict[str, object]) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
+def _show(report: Any, render: Callable[[Any], Any], json_output: bool, ok: bool = True) -> None:
+    """A report as JSON (stdout, for scripts) or rendered; exit 1 when it failed a verdict."""
+    if json_output:
+        _emit_json(report.as_dict())
+    else:
+        console.print(render(report))
+    if not ok:
+        raise typer.Exit(1)
+
+
 @app.command()
 def plan(
     space: Annotated[str, typer.Argument(help="Space name from the configuration")],
@@ -296,12 +307,7 @@ def plan(
             )
     except EmbeddingBackfillError as err:
         _fail(err)
-    if json_output:
-        _emit_json(report.as_dict())
-    else:
-        console.print(render_plan(report))
-    if not report.ok:
-        raise typer.Exit(1)
+    _show(report, render_plan, json_output, ok=report.ok)
 
 
 @app.command()
@@ -329,12 +335,7 @@ def smoke(
             report = smoke_space(load_config().space(space), calls=calls, progress=progress)
     except EmbeddingBackfillError as err:
         _fail(err)
-    if json_output:
-        _emit_json(report.as_dict())
-    else:
-        console.print(render_smoke(report))
-    if not report.passed:
-        raise typer.Exit(1)
+    _show(report, render_smoke, json_output, ok=report.passed)
 
 
 @app.command()
@@ -367,10 +368,7 @@ def status(
             instance.dispose()
     except EmbeddingBackfillError as err:
         _fail(err)
-    if json_output:
-        _emit_json(report.as_dict())
-    else:
-        console.print(render_status(report))
+    _show(report, render_status, json_output)
 
 
 def main() -> None:  # pragma: no cover
