@@ -124,7 +124,9 @@ def demo(
         console.print(
             f"registry: {report.space} is {act['status']} for {act['table']} "
             f"(column {act['column']}; retired: {act['retired_spaces']}). Applications query:\n"
-            f"  SELECT * FROM embedding_backfills.active_column('{act['table']}');",
+            f"  SELECT * FROM embedding_backfills.active_column('{act['table']}') WHERE trusted;\n"
+            "(trusted is false once the drift sensor finds the model swapped or the column "
+            "altered: drift_status, drift_detail say which)",
             highlight=False,
         )
     if not report.complete or not report.activation:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -409,6 +408,13 @@ class DagsterDev:
                 lines.extend(textwrap.indent(e, "    ") for e in self.run_errors(run.run_id))
         return "\n".join(lines)
 
+    def kill(self) -> None:
+        """SIGKILL the whole process tree at once, as a crash or `kill -9` would: nothing
+        gets to clean up, runs in flight stay STARTED in the storage."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
     def check_alive(self) -> None:
         code = self.process.poll()
         if code is not None:
@@ -471,14 +477,18 @@ def running_dagster_dev(
     *,
     startup_timeout: float = 120,
     stop_grace_seconds: float = 15,
+    instance_overrides: Mapping[str, Any] | None = None,
 ) -> Iterator[DagsterDev]:
     """Run `dagster dev -w workspace.yaml` from the repo root until the block exits.
 
     `env` is added to this process's environment and must set DATABASE_URL,
     DAGSTER_POSTGRES_URL (`postgresql+psycopg2://...`) and EMBEDDING_BACKFILLS_CONFIG.
-    DAGSTER_HOME is a fresh folder under `workdir` with a copy of the repo's dagster.yaml;
-    the log is `workdir/dagster_dev.log`. Yields once the webserver answers GraphQL and
-    the code location has loaded a repository; on exit stops the whole process tree.
+    DAGSTER_HOME is `workdir/dagster_home` with a copy of the repo's dagster.yaml, its
+    top-level sections updated from `instance_overrides` (e.g. shorter run-monitoring
+    intervals); the log is `workdir/dagster_dev.log`, appended to, so that a second
+    `dagster dev` on the same `workdir` is a restart on the same home and storage. Yields
+    once the webserver answers GraphQL and the code location has loaded a repository; on
+    exit stops the whole process tree.
     """
     missing = [name for name in REQUIRED_ENV if not env.get(name)]
     if missing:
@@ -486,7 +496,13 @@ def running_dagster_dev(
     workdir = Path(workdir)
     home = workdir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    instance_config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    for section, value in (instance_overrides or {}).items():
+        if isinstance(value, Mapping) and isinstance(instance_config.get(section), dict):
+            instance_config[section] = {**instance_config[section], **value}
+        else:
+            instance_config[section] = value
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
     log_path = workdir / "dagster_dev.log"
     port = _free_port()
     child_env = {
@@ -506,7 +522,7 @@ def running_dagster_dev(
         "-h",
         "127.0.0.1",
     ]
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,

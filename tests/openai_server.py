@@ -38,10 +38,11 @@ FaultKind = Literal[
     "fewer",  # one item fewer than there were inputs
     "empty",  # `data: []`
     "duplicate_index",  # the last item repeats the first one's index and vector
+    "no_index",  # items without an `index` key
     "shuffle",  # items in reverse order (indices still correct)
     "nan",  # the first vector's first component is NaN
     "no_usage",  # the `usage` object is left out
-    "not_json",  # 200 with a non-JSON body
+    "not_json",  # 200 with a non-JSON body (a proxy's error page, echoing the first input)
     "hang",  # no answer for `seconds=` (default 5; shutdown ends it early), then hang up
     "drop",  # close the connection without answering
 ]
@@ -131,6 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(413, "request body too large")
             return
         raw = self.rfile.read(length)
+        if owner.latency:
+            owner._stopping.wait(owner.latency)
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -216,6 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
             items[-1] = dict(items[0])
         elif kind == "shuffle":
             items.reverse()
+        elif kind == "no_index":
+            for item in items:
+                del item["index"]
         tokens = sum(token_count(t) for t in inputs)
         payload: dict[str, object] = {"object": "list", "data": items, "model": model}
         if kind != "no_usage":
@@ -230,7 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "status":
             self._error(fault.status, f"The server had an error processing {inputs[0]!r}.")
         elif fault.kind == "not_json":
-            self._send_raw(200, b"<html>upstream proxy error</html>", "text/html")
+            page = f"<html>upstream proxy error while sending {inputs[0]!r}</html>"
+            self._send_raw(200, page.encode(), "text/html")
         elif fault.kind == "hang":
             self.server.owner._stopping.wait(fault.seconds)
             self.close_connection = True
@@ -262,8 +269,10 @@ class FakeEmbeddingsServer:
         salt: str = "",
         scale: float = 1.0,
         api_key: str | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.dims = dims
+        self.latency = latency  # seconds before every answer: a remote model's round trip
         self.salt = salt  # another salt: "another model" under the same name and dimension
         self.scale = scale  # != 1.0: vectors that are not unit-norm
         self.api_key = api_key  # when set, any other bearer token gets a 401

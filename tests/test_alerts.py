@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,14 +18,26 @@ from conftest import (
     materialize_target,
     run_asset,
 )
-from dagster import DagsterInstance, SensorEvaluationContext, SkipReason, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    Failure,
+    SensorEvaluationContext,
+    SkipReason,
+    asset,
+    build_sensor_context,
+    materialize,
+)
+from dagster._utils.error import serializable_error_info_from_exc_info
 
 from embedding_assets.defs.partitions import id_range_partitions_name
 from embedding_assets.defs.sensors import build_alert_sensor
+from embedding_assets.errors import DatabaseError
 from embedding_assets.sensors.alerts import (
     ENV_UI_URL,
     ENV_WEBHOOK,
+    FAILURE_MESSAGE_CHARS,
     AlertSettings,
+    describe_error,
     format_cursor,
     latest_storage_id,
     parse_cursor,
@@ -32,6 +45,7 @@ from embedding_assets.sensors.alerts import (
 )
 
 UI = "http://dagster.example:3000"
+SECRET = "sk-proj-Zq8XrT2vLm9Wn4Kp7Yd3"  # what an API key looks like; must never be posted
 
 
 class Webhook:
@@ -193,3 +207,84 @@ def test_first_tick_without_cursor_starts_at_the_newest_event(
     cursor, _ = evaluate(dagster_instance, None)
     assert parse_cursor(cursor) == latest_storage_id(dagster_instance)
     assert webhook.attempts == 0
+
+
+def test_failed_target_column_run_names_the_project_error(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance, webhook: Webhook
+) -> None:
+    start = format_cursor(latest_storage_id(dagster_instance))
+    create_docs(conn, 100)
+    space = make_space()
+    materialize_target(space, dagster_instance)
+    partition = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))[0]
+    # the same space, column and dimension, another model: the registry refuses the swap
+    swapped = make_space(name=space.name, model={"name": "another-model"})
+    target = run_asset(swapped, dagster_instance, "target_column", raise_on_error=False)
+    embeddings = run_asset(
+        swapped, dagster_instance, "embeddings", partition_key=partition, raise_on_error=False
+    )
+    assert not target.success and not embeddings.success
+
+    evaluate(dagster_instance, start)
+
+    (alert,) = webhook.texts(target.run_id)
+    # the raw SpaceConflictError escaped the asset: Dagster wrapped it, the alert unwraps it
+    expected = (
+        f"step {space.name}__target_column: SpaceConflictError: space '{space.name}' "
+        "(public.docs.emb) was registered for hash:test-hash"
+    )
+    assert expected in alert, alert
+    assert "hash:another-model" in alert and "DagsterExecutionStepExecutionError" not in alert
+    cause = alert.split(f"{space.name}__target_column: ", 1)[1].splitlines()[0]
+    assert len(cause) == len("SpaceConflictError: ") + FAILURE_MESSAGE_CHARS
+    assert cause.endswith("…")  # the message is longer than the limit
+    # `embeddings` wraps the same error into a Failure: the same message, under that class
+    (wrapped,) = webhook.texts(embeddings.run_id)
+    assert f"step {space.name}__embeddings: Failure: space '{space.name}'" in wrapped, wrapped
+    assert "Traceback" not in alert + wrapped and 'File "' not in alert + wrapped
+
+
+def test_third_party_errors_are_named_by_class_only(
+    conn: psycopg.Connection, db_url: str, dagster_instance: DagsterInstance, webhook: Webhook
+) -> None:
+    start = format_cursor(latest_storage_id(dagster_instance))
+    conn.execute("CREATE TABLE secrets (body text PRIMARY KEY)")
+    conn.execute("INSERT INTO secrets VALUES (%s)", (f"document number 7 {SECRET}",))
+
+    @asset(name="duplicate_row")
+    def duplicate_row() -> None:
+        # a real psycopg error: its DETAIL line quotes the row, key included
+        with psycopg.connect(db_url) as db:
+            db.execute("INSERT INTO secrets VALUES (%s)", (f"document number 7 {SECRET}",))
+
+    @asset(name="foreign_failure")
+    def foreign_failure() -> None:
+        # a Failure, but not the project's: its message is not vetted either
+        raise Failure(f"request rejected for api_key={SECRET}")
+
+    run = materialize(
+        [duplicate_row, foreign_failure], instance=dagster_instance, raise_on_error=False
+    )
+    assert not run.success
+
+    evaluate(dagster_instance, start)
+
+    (alert,) = webhook.texts(run.run_id)
+    assert "step duplicate_row: UniqueViolation (message withheld" in alert, alert
+    assert "step foreign_failure: Failure (message withheld" in alert, alert
+    for leaked in (SECRET, "sk-proj", "api_key", "document number", "already exists", "DETAIL"):
+        assert leaked not in alert
+
+
+def test_a_third_party_class_named_like_a_project_error_is_not_trusted() -> None:
+    """psycopg.DatabaseError and embedding_assets.errors.DatabaseError share a bare name."""
+    errors = []
+    for exc in (psycopg.DatabaseError(f"DETAIL: Key (body)=({SECRET})"), DatabaseError("no table")):
+        try:
+            raise exc
+        except Exception:
+            errors.append(serializable_error_info_from_exc_info(sys.exc_info()))
+    theirs, ours = errors
+    assert describe_error(theirs).startswith("DatabaseError (message withheld")
+    assert SECRET not in describe_error(theirs)
+    assert describe_error(ours) == "DatabaseError: no table"

@@ -201,6 +201,32 @@ def test_change_log_requests_exactly_the_changed_partitions(
     assert changelog_status(conn, space).pending == 0
 
 
+def test_inserts_edits_and_a_blanked_text_request_exactly_the_partitions_they_touch(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance
+) -> None:
+    """New rows only in a new range: the range that held the highest id has no new row and
+    gets no run (on a table of 1,000 partitions a wrong request per tick adds up)."""
+    space, _ = embedded_docs(conn, dagster_instance, 1200)  # highest id 1200, in 1000-1499
+    install_changelog(conn, space)
+    first = tick(space, dagster_instance, None)
+
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'new document ' || g FROM generate_series(1600, 1650) g"
+    )
+    conn.execute("UPDATE docs SET body = body || ' v2' WHERE id = 11")
+    conn.execute("UPDATE docs SET body = '' WHERE id = 12")
+    found = tick(space, dagster_instance, first.cursor)
+
+    assert requested(found) == [
+        "0000000000000000000-0000000000000000499",  # the edit and the blanked text
+        "0000000000000001500-0000000000000001999",  # the new rows
+    ]
+    apply(found, space, dagster_instance)
+    assert missing(conn) == 0
+    assert conn.execute("SELECT emb IS NULL FROM docs WHERE id = 12").fetchone() == (True,)
+    assert requested(tick(space, dagster_instance, found.cursor)) == []
+
+
 def test_change_log_watches_the_columns_text_sql_reads(
     conn: psycopg.Connection, dagster_instance: DagsterInstance
 ) -> None:

@@ -177,7 +177,7 @@ def test_a_write_after_the_checks_closes_the_gate(
         resources=resources(),
     )
     message = assert_not_exposed(conn, dagster_instance, space)
-    assert "before the latest write" in message
+    assert "since the latest write" in message
 
 
 def test_activation_retires_the_previous_space_and_rollback_restores_it(

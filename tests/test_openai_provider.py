@@ -26,9 +26,11 @@ from embedding_assets.config import ModelConfig, parse_config
 from embedding_assets.errors import (
     ConfigError,
     DimensionMismatchError,
+    EndpointUnavailableError,
     ProviderError,
 )
 from embedding_assets.providers import EmbeddingProvider, build_provider
+from embedding_assets.providers.openai import MALFORMED_ATTEMPTS
 
 MODEL = "text-embedding-3-small"
 DIMS = 8
@@ -389,6 +391,128 @@ def test_duplicate_item_index_is_rejected(
         make_provider(server.base_url).embed(texts_of(3))
 
 
+# -- a malformed response is retried within max_retries ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "dims"),
+    [
+        ("not_json", None),  # a proxy's error page
+        ("no_index", None),  # used to escape as a raw TypeError from the sort
+        ("wrong_dims", 5),
+        ("mixed_dims", None),
+        ("fewer", None),
+        ("empty", None),
+        ("duplicate_index", None),
+        ("nan", None),
+    ],
+)
+def test_one_malformed_response_is_retried_and_the_batch_succeeds(
+    kind: FaultKind,
+    dims: int | None,
+    caplog: pytest.LogCaptureFixture,
+    server: FakeEmbeddingsServer,
+    make_provider: MakeProvider,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=PROVIDER_LOGGER)
+    texts = [SENTINEL, *texts_of(3)]
+    server.fail_next(kind, dims=dims)
+
+    batch = make_provider(server.base_url, max_retries=1).embed(texts)
+
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    assert [r.fault for r in server.requests] == [kind, None]
+    assert server.requests[0].inputs == server.requests[1].inputs == texts
+    (backoff,) = [r.getMessage() for r in caplog.records if "backing off" in r.getMessage()]
+    assert "malformed response" in backoff
+    assert SENTINEL not in caplog.text and "upstream proxy error" not in caplog.text
+
+
+def test_persistent_wrong_dimension_fails_after_max_retries_plus_one_attempts(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("wrong_dims", times=10, dims=5)  # a configuration error: every answer
+
+    with pytest.raises(DimensionMismatchError) as info:
+        make_provider(server.base_url, max_retries=2).embed(texts_of(3))
+
+    assert len(server.requests) == 3  # 1 attempt + 2 retries, then the clear error
+    assert server.pending_faults == 7
+    assert (info.value.returned, info.value.configured) == (5, DIMS)
+    message = str(info.value)
+    assert "5-dimensional" in message and f"configured for {DIMS}" in message
+    assert "model.dimensions" in message and "send_dimensions" in message
+    assert info.value.__cause__ is None
+
+
+def test_a_wrong_dimension_fails_fast_even_with_many_retries_allowed(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    """A configuration error answers the same way every time: a few attempts, not the
+    whole transient-error budget (max_retries=6 is minutes of backoff)."""
+    server.fail_next("wrong_dims", times=10, dims=5)
+
+    with pytest.raises(DimensionMismatchError):
+        make_provider(server.base_url, max_retries=6).embed(texts_of(3))
+
+    assert len(server.requests) == MALFORMED_ATTEMPTS
+
+
+def test_persistent_garbage_fails_naming_the_problem(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    server: FakeEmbeddingsServer,
+    make_provider: MakeProvider,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    caplog.set_level(logging.WARNING, logger=PROVIDER_LOGGER)
+    server.fail_next("not_json", times=10)  # the page echoes the first input
+
+    with pytest.raises(ProviderError) as info:
+        make_provider(server.base_url, max_retries=2).embed([SENTINEL, "another row"])
+
+    assert len(server.requests) == 3
+    message = str(info.value)
+    assert "not an embeddings list" in message
+    assert server.base_url in message and "model.base_url" in message
+    backoffs = [r for r in caplog.records if "backing off" in r.getMessage()]
+    assert len(backoffs) == 2
+    rendered = f"{message} {info.value!r} {caplog.text}"
+    assert SENTINEL not in rendered and "upstream proxy error" not in rendered
+    assert FAKE_KEY not in rendered
+
+
+@pytest.mark.parametrize(
+    ("kind", "match"),
+    [
+        ("no_index", "one to one"),
+        ("duplicate_index", "one to one"),
+        ("fewer", "2 embeddings for 3 inputs"),
+        ("mixed_dims", "mixed dimensions"),
+        ("nan", "NaN"),
+        ("empty", "not an embeddings list"),
+    ],
+)
+def test_persistent_malformed_response_fails_with_its_clear_error(
+    kind: FaultKind, match: str, server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next(kind, times=5)
+    with pytest.raises(ProviderError, match=match) as info:
+        make_provider(server.base_url, max_retries=1).embed(texts_of(3))
+    assert type(info.value) is ProviderError  # neither a raw TypeError nor "unavailable"
+    assert len(server.requests) == 2
+
+
+def test_malformed_responses_and_rate_limits_share_the_attempt_budget(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("not_json")
+    server.fail_next("429", times=5)
+    with pytest.raises(EndpointUnavailableError, match="429"):
+        make_provider(server.base_url, max_retries=2).embed(texts_of(2))
+    assert [r.fault for r in server.requests] == ["not_json", "429", "429"]
+
+
 # -- nothing secret in errors ----------------------------------------------------------------
 
 
@@ -403,6 +527,8 @@ def test_duplicate_item_index_is_rejected(
         ("mixed_dims", 0, ProviderError),
         ("fewer", 0, ProviderError),
         ("nan", 0, ProviderError),
+        ("not_json", 0, ProviderError),
+        ("no_index", 0, ProviderError),
         ("hang", 0, ProviderError),
     ],
 )

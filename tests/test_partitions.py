@@ -6,8 +6,10 @@ import logging
 
 import psycopg
 import pytest
-from conftest import make_space
+from conftest import create_docs, make_space, materialize_target, run_asset
+from dagster import DagsterEventType, DagsterInstance
 
+from embedding_assets.defs.partitions import id_range_partitions_name
 from embedding_assets.errors import DatabaseError
 from embedding_assets.pipeline.partitions import IdRange, is_current_key, occupied_ranges
 from embedding_assets.pipeline.progress import Progress
@@ -63,3 +65,37 @@ def test_progress_reports_rows_rate_and_eta(caplog: pytest.LogCaptureFixture) ->
         now[0] = 10.0
         progress.advance(150)
     assert caplog.messages == ["space ids 0-999: 250/1,000 rows (25.0%), 25 rows/s, ETA 0m30s"]
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "hello",  # not a range at all
+        "0000000000000000000-0000000000000000999",  # two partitions wide (size 500)
+        "0000000000000000100-0000000000000000599",  # straddles two partitions
+        "0000000000-0000000499",  # the width of an integer key, on a bigint table
+    ],
+)
+def test_a_partition_key_typed_in_the_launch_dialog_fails_at_once_and_is_removed(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance, typed: str
+) -> None:
+    create_docs(conn, 600)
+    space = make_space()
+    materialize_target(space, dagster_instance)
+    name = id_range_partitions_name(space)
+    known = set(dagster_instance.get_dynamic_partitions(name))
+    dagster_instance.add_dynamic_partitions(name, [typed])  # what "Add partition" does
+
+    result = run_asset(
+        space, dagster_instance, "embeddings", partition_key=typed, raise_on_error=False
+    )
+
+    assert not result.success
+    types = [e.event_type for e in result.all_events]
+    assert DagsterEventType.STEP_UP_FOR_RETRY not in types  # no step retry, no 60 s wait
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.user_failure_data.description  # type: ignore[union-attr]
+    assert repr(typed) in message and "partition_size (500)" in message
+    assert "0000000000000000000-0000000000000000499" in message  # an example of a real key
+    assert set(dagster_instance.get_dynamic_partitions(name)) == known
+    assert conn.execute("SELECT count(emb) FROM docs").fetchone() == (0,)

@@ -6,6 +6,7 @@ identity. Applications look spaces up by table and model, never by dimension.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from psycopg.types.json import Jsonb
 from ..config import SpaceConfig
 from ..errors import SpaceConflictError
 from ..providers import Fingerprint, ModelIdentity
+from .migrations import apply_migrations
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class SpaceRecord:
     # added by sql/003
     adopted: bool = False
     adoption_report: dict[str, object] | None = None
+    # added by sql/005: the latest drift verdict (see `record_drift_verdict`)
+    drift_status: str | None = None  # 'ok' | 'failed'; None: never checked
+    drift_checked_at: datetime | None = None
+    drift_status_since: datetime | None = None
+    drift_failures: list[str] | None = None
+    drift_detail: str | None = None
 
     @property
     def identity(self) -> ModelIdentity:
@@ -54,8 +62,26 @@ class SpaceRecord:
             self.provider, self.model, self.revision, self.dimensions, self.normalize
         )
 
+    @property
+    def trusted(self) -> bool:
+        """As in `active_spaces.trusted`: false only when the latest drift verdict failed."""
+        return self.drift_status != DRIFT_FAILED
+
 
 _SELECT = "SELECT * FROM embedding_backfills.vector_spaces"
+
+DRIFT_OK = "ok"
+DRIFT_FAILED = "failed"
+DRIFT_DETAIL_MAX_CHARS = 500
+
+_RECORD_DRIFT = (
+    "UPDATE embedding_backfills.vector_spaces SET"
+    " drift_status_since = CASE WHEN drift_status IS DISTINCT FROM %(status)s THEN now()"
+    "  ELSE drift_status_since END,"
+    " drift_status = %(status)s, drift_checked_at = now(),"
+    " drift_failures = %(failures)s::text[], drift_detail = %(detail)s"
+    " WHERE space_id = %(space_id)s"
+)
 
 
 def get_space(conn: psycopg.Connection, name: str) -> SpaceRecord | None:
@@ -159,3 +185,31 @@ def register_space(
     record = check_registration(conn, space, identity)
     assert record is not None
     return record
+
+
+def record_drift_verdict(
+    conn: psycopg.Connection, space_id: int, failures: Mapping[str, str]
+) -> None:
+    """Store the latest drift verdict where applications look the space up.
+
+    `failures` maps each failing check to a short reason (empty: every check passed). A
+    swapped model leaves the space `active`; this verdict, shown by `active_spaces` and
+    `active_column(...)`, is what lets an application refuse to embed its queries with it.
+    One single-row UPDATE per evaluation (a drift tick every few minutes): `drift_checked_at`
+    always moves, `drift_status_since` only when the status changes.
+    """
+    detail = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
+    params = {
+        "space_id": space_id,
+        "status": DRIFT_FAILED if failures else DRIFT_OK,
+        "failures": list(failures),
+        "detail": detail[:DRIFT_DETAIL_MAX_CHARS] or None,
+    }
+    try:
+        with conn.transaction():  # a savepoint when the caller is inside a transaction
+            conn.execute(_RECORD_DRIFT, params)
+    except psycopg.errors.UndefinedColumn:
+        # A registry created before sql/005 (the code was upgraded, no space built since).
+        apply_migrations(conn)
+        with conn.transaction():
+            conn.execute(_RECORD_DRIFT, params)

@@ -22,6 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from ..config import ModelConfig, SpaceConfig
+from ..drift.rows import key_digits
 from ..errors import EmbeddingBackfillError, EndpointUnavailableError
 from ..pipeline.backfill import embed_range
 from ..pipeline.partitions import IdRange, is_current_key
@@ -70,6 +71,33 @@ def _model_metadata(space: SpaceConfig, identity_label: str, model_key: int) -> 
         "dimensions": space.model.dimensions,
         "model_key": str(model_key),
     }
+
+
+def reject_unknown_partitions(
+    context: AssetExecutionContext, space: SpaceConfig, postgres: PostgresResource
+) -> None:
+    """Fail at once, without retries, on a partition key typed by hand in the launch dialog
+    that is not one of the space's id ranges; remove it so that it does not linger in the
+    partition list (an overlapping range would embed rows twice and confuse the checks)."""
+    with postgres.connect() as conn:
+        digits = key_digits(conn, space)
+    unknown = [
+        k for k in context.partition_keys if not is_current_key(k, digits, space.partition_size)
+    ]
+    if not unknown:
+        return
+    name = id_range_partitions_name(space)
+    for key in unknown:
+        context.instance.delete_dynamic_partition(name, key)
+    example = IdRange(0, space.partition_size - 1).key(digits)
+    raise Failure(
+        f"partition key(s) {', '.join(repr(k) for k in unknown[:5])} are not id ranges of "
+        f"space {space.name!r}: keys are <first id>-<last id> in steps of partition_size "
+        f"({space.partition_size:,}), {digits} digits each, e.g. {example}. The key(s) were "
+        f"removed; pick existing partitions, or materialize {space.name}/target_column to add "
+        "the ranges of new rows.",
+        allow_retries=False,
+    )
 
 
 def build_space_assets(
@@ -151,8 +179,9 @@ def build_space_assets(
         embedding_models: EmbeddingModelsResource,
     ) -> MaterializeResult:
         key_range = context.partition_key_range
-        ids = IdRange.span([key_range.start, key_range.end])
         try:
+            reject_unknown_partitions(context, space, postgres)
+            ids = IdRange.span([key_range.start, key_range.end])
             provider = embedding_models.provider(space.model)
             context.log.info(
                 f"embedding ids {ids.first}..{ids.last} of {space.table} with "

@@ -13,9 +13,11 @@ A wrong dimension, a foreign model or a zero vector is corruption: ERROR fails t
 
 A blocking check only stops downstream steps in its own run; `require_checks_passed` is
 the guard the index and the activation run inside their own step, in any run, and it
-requires every check to have passed, whatever its severity.
+requires every check to have passed, whatever its severity, in the newest evaluation
+since the latest write (by evaluation time: runs finish out of their start order).
 """
 
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -28,13 +30,16 @@ from dagster import (
     AssetRecordsFilter,
     DagsterInstance,
     Failure,
+    MetadataValue,
     multi_asset_check,
 )
 
 from ..checks.column import evaluate_column
+from ..checks.gate import decide
 from ..config import SpaceConfig
 from ..db.registry import SpaceRecord, get_space
 from ..drift.identity import CONFIG_MATCHES, MODEL_FINGERPRINT, identity_verdicts
+from .check_history import evaluations_after
 from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions_name
 from .resources import EmbeddingModelsResource, PostgresResource
@@ -104,6 +109,9 @@ def build_space_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
             return
         with postgres.connect() as conn:
             record = registered(conn, space)
+            # Before the scan's snapshot: the gate only trusts scans that began after the
+            # latest write (a write during the scan may be missing from it).
+            scan_started_at = time.time()
             report = evaluate_column(conn, space, record.model_key)
         for name in CHECK_NAMES:
             verdict = report.verdicts[name]
@@ -114,7 +122,11 @@ def build_space_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]
                 if name == "complete"
                 else AssetCheckSeverity.ERROR,
                 description=verdict.description,
-                metadata={"deferred": False, **verdict.metadata},
+                metadata={
+                    "deferred": False,
+                    "scan_started_at": MetadataValue.float(scan_started_at),
+                    **verdict.metadata,
+                },
             )
 
     return column_checks
@@ -125,38 +137,33 @@ class ChecksNotPassed(Failure):
 
 
 def require_checks_passed(instance: DagsterInstance, space: SpaceConfig) -> dict[str, object]:
-    """Fail unless every gating check's latest evaluation passed after the latest write.
+    """Fail unless the checks passed on the column as it is now (rules: `checks.gate`).
 
     Returns metadata describing the evaluations the decision rested on.
     """
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys(space))
     latest = instance.fetch_materializations(AssetRecordsFilter(embeddings_key(space)), limit=1)
-    last_write = latest.records[0].timestamp if latest.records else None
-    if last_write is None:
+    if not latest.records:
         raise ChecksNotPassed(f"{space.name}/embeddings has never been materialized")
-    problems: list[str] = []
-    evaluated_at: list[float] = []
-    for key in check_keys(space):
-        record = records.get(key)
-        evaluation = record.event.asset_check_evaluation if record and record.event else None
-        if record is None or evaluation is None:
-            problems.append(f"{key.name}: never evaluated")
-            continue
-        stamp = record.event.timestamp  # type: ignore[union-attr]
-        if not evaluation.passed:
-            problems.append(f"{key.name}: failed ({evaluation.description or 'see the check'})")
-        elif stamp < last_write:
-            problems.append(f"{key.name}: passed before the latest write to the column")
-        evaluated_at.append(stamp)
-    if problems:
+    last_write = latest.records[0]
+    decision = decide(
+        CHECK_NAMES,
+        evaluations_after(instance, embeddings_key(space), CHECK_NAMES, last_write.storage_id),
+        last_write_at=last_write.timestamp,
+        pending_partitions=pending_partitions(instance, space),
+    )
+    if not decision.open:
         raise ChecksNotPassed(
             f"space {space.name!r} is not validated, refusing to expose it: "
-            + "; ".join(problems)
+            + "; ".join(decision.problems)
             + f". Materialize the missing {space.name}/embeddings partitions or execute the "
             "checks on it, then retry.",
-            metadata={"problems": problems},
+            metadata={"problems": decision.problems},
         )
-    return {"checks_evaluated_at": min(evaluated_at), "last_write_at": last_write}
+    return {
+        "checks_evaluated_at": decision.checks_evaluated_at,
+        "last_write_at": last_write.timestamp,
+        "checks_run_ids": ", ".join(sorted({e.run_id for e in decision.deciding.values()})),
+    }
 
 
 def build_drift_checks(space: SpaceConfig):  # type: ignore[no-untyped-def]

@@ -2,6 +2,8 @@
 
 Both are verdicts, never run requests: re-embedding cannot fix a column whose configuration
 changed under it, or an endpoint that now serves another model. A person must decide.
+Every evaluation is also written to the registry (`record_drift_verdict`), so applications
+see it where they look the space up (`active_spaces`, `active_column(...)`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import psycopg
 from ..checks.column import CheckVerdict
 from ..config import SpaceConfig
 from ..db.introspect import column_info, relation
-from ..db.registry import SpaceRecord
+from ..db.registry import SpaceRecord, record_drift_verdict
 from ..errors import ProviderError
 from ..providers import EmbeddingProvider, Fingerprint
 from ..providers.base import FINGERPRINT_MIN_COSINE
@@ -100,10 +102,49 @@ def fingerprint_verdict(
     )
 
 
+def short_reason(verdict: CheckVerdict) -> str:
+    """A failed verdict in a few words, from its metadata, for the registry.
+
+    Built from the numbers and identities the check recorded, never from its description:
+    a provider's error text may quote the endpoint, a request or a key.
+    """
+    meta = verdict.metadata
+    if verdict.name == MODEL_FINGERPRINT:
+        cosine = meta.get("min_cosine")
+        if not isinstance(cosine, float | int):
+            return "the fingerprint could not be computed (endpoint failing or unreachable)"
+        return (
+            f"silent model swap: the sentinel vectors changed (min cosine {cosine:.4f} "
+            f"< {FINGERPRINT_MIN_COSINE})"
+        )
+    reasons: list[str] = []
+    if meta.get("configured_model") != meta.get("registered_model"):
+        reasons.append(
+            f"configured {meta.get('configured_model')}, registered {meta.get('registered_model')}"
+        )
+    declared, dims = meta.get("declared_dimension"), meta.get("configured_dimension")
+    if declared == "missing":
+        reasons.append("the target column no longer exists")
+    elif isinstance(declared, str) and declared != "none":
+        reasons.append(f"the target column is now {declared}")
+    elif isinstance(declared, int) and declared != dims:
+        reasons.append(f"the target column is vector({declared}), the space has {dims} dimensions")
+    return "; ".join(reasons) or "configuration and registry disagree"
+
+
 def identity_verdicts(
     conn: psycopg.Connection, space: SpaceConfig, provider: EmbeddingProvider, record: SpaceRecord
 ) -> list[CheckVerdict]:
-    return [
+    """Both verdicts, written to the registry as the space's latest drift verdict.
+
+    Recorded here so that every evaluation (the drift sensor tick, the on-demand checks)
+    updates what applications read, whatever the caller does with the verdicts.
+    """
+    verdicts = [
         config_verdict(conn, space, provider, record),
         fingerprint_verdict(space, provider, record),
     ]
+    record_drift_verdict(
+        conn, record.space_id, {v.name: short_reason(v) for v in verdicts if not v.passed}
+    )
+    return verdicts

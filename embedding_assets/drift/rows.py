@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import INTEGER_TYPES, column_info, id_bounds, relation
+from ..db.introspect import INTEGER_TYPES, column_info, id_bounds, relation, table_ident
 from ..errors import DatabaseError
 from ..pipeline.partitions import IdRange, occupied_ranges
 
@@ -50,5 +51,21 @@ def find_new_rows(
     unknown = [r for r in ranges if r.key(digits) not in known]
     grown: list[IdRange] = []
     if max_id_seen is not None and max_id is not None and max_id > max_id_seen:
-        grown = [r for r in ranges if r.last > max_id_seen and r.key(digits) in known]
+        grown = [
+            r
+            for r in ranges
+            if r.last > max_id_seen
+            and r.key(digits) in known
+            # every row of a range above the last id seen is new; the range that holds that
+            # id has new rows only if one was inserted past it (one index probe)
+            and (r.first > max_id_seen or _has_ids(conn, space, max_id_seen + 1, r.last))
+        ]
     return NewRows(max_id, digits, unknown, grown)
+
+
+def _has_ids(conn: psycopg.Connection, space: SpaceConfig, first: int, last: int) -> bool:
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {id} BETWEEN %s AND %s)").format(
+        t=table_ident(space), id=sql.Identifier(space.id_column)
+    )
+    row = conn.execute(query, (first, last)).fetchone()
+    return bool(row and row[0])

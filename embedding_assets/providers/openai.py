@@ -3,7 +3,9 @@
 Ollama, vLLM, TEI and infinity all speak `POST /v1/embeddings`. Requests stay inside the
 API limits (2048 inputs, a token budget per request), transient failures (429, 5xx,
 timeouts, dropped connections) are retried with exponential backoff and jitter, and every
-response is checked for count and dimension before a single vector can be written.
+response is checked for count, order, dimension and values before a single vector can be
+written; a response that fails a check is retried the same way (at most
+MALFORMED_ATTEMPTS times), and only one that stays bad fails the run.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import openai
+from openai.types import CreateEmbeddingResponse
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -47,15 +51,41 @@ def supports_dimensions_parameter(model: str) -> bool:
     return model.startswith("text-embedding-") and not model.startswith("text-embedding-ada")
 
 
+class _MalformedResponse(Exception):
+    """A response that cannot be trusted, retried like a transient failure.
+
+    A proxy's error page or a one-off bad answer heals on a retry; a configuration error
+    answers the same way every time, so `error` (the clear message) is raised once the
+    attempts run out.
+    """
+
+    def __init__(self, error: ProviderError, kind: str) -> None:
+        super().__init__(kind)
+        self.error = error
+        self.kind = kind  # an exception class name, for the log line
+
+
+# A malformed response gets at most this many attempts (fewer when max_retries is lower):
+# a proxy's one bad answer heals on the next, a wrong model or dimension never does and
+# should fail fast with its clear message.
+MALFORMED_ATTEMPTS = 3
+
+
+def _malformed_too_often(state: RetryCallState) -> bool:
+    err = state.outcome.exception() if state.outcome else None
+    return isinstance(err, _MalformedResponse) and state.attempt_number >= MALFORMED_ATTEMPTS
+
+
 def _log_retry(state: RetryCallState) -> None:
     err = state.outcome.exception() if state.outcome else None
     # The exception class and status only: bodies may echo inputs.
-    status = getattr(err, "status_code", None)
+    if isinstance(err, _MalformedResponse):
+        what = f"malformed response, {err.kind}"
+    else:
+        status = getattr(err, "status_code", None)
+        what = type(err).__name__ + (f" {status}" if status else "")
     log.warning(
-        "embeddings request failed (%s%s), attempt %d; backing off",
-        type(err).__name__,
-        f" {status}" if status else "",
-        state.attempt_number,
+        "embeddings request failed (%s), attempt %d; backing off", what, state.attempt_number
     )
 
 
@@ -113,18 +143,21 @@ class OpenAIProvider(EmbeddingProvider):
             yield chunk
 
     def _call(self, inputs: list[str]) -> tuple[np.ndarray, int | None]:
-        kwargs: dict[str, object] = {"model": self.config.name, "input": inputs}
+        """One request, retried until its response passes every check, or attempts run out."""
+        kwargs: dict[str, Any] = {"model": self.config.name, "input": inputs}
         if self.send_dimensions:
             kwargs["dimensions"] = self.config.dimensions
         retrying = Retrying(
-            retry=retry_if_exception_type(_TRANSIENT),
+            retry=retry_if_exception_type((*_TRANSIENT, _MalformedResponse)),
             wait=wait_random_exponential(multiplier=0.5, max=30),
-            stop=stop_after_attempt(self.config.max_retries + 1),
+            stop=stop_after_attempt(self.config.max_retries + 1) | _malformed_too_often,
             before_sleep=_log_retry,
             reraise=True,
         )
         try:
-            response = retrying(self.client.embeddings.create, **kwargs)
+            return retrying(self._attempt, kwargs, len(inputs))
+        except _MalformedResponse as err:
+            raise err.error from None
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
             raise EndpointUnavailableError(
                 f"cannot reach the embeddings endpoint {self._endpoint} ({type(err).__name__}) "
@@ -150,23 +183,41 @@ class OpenAIProvider(EmbeddingProvider):
                 f"model {self.config.name!r}; check model.name and model.dimensions "
                 "(send_dimensions) against what the server serves"
             ) from None
+
+    def _attempt(self, kwargs: dict[str, Any], n: int) -> tuple[np.ndarray, int | None]:
+        """Send and check: whatever is wrong with the response is a _MalformedResponse."""
+        try:
+            return self._parse(self.client.embeddings.create(**kwargs), n)
+        except ProviderError as err:
+            raise _MalformedResponse(err, type(err).__name__) from None
         except (ValueError, AttributeError, TypeError) as err:
-            # The client's own parsing failed: an empty list, or a 200 that is not JSON
-            # (a proxy's error page). Named by type only: the body may echo the inputs.
-            raise ProviderError(
+            # The client's parsing or ours failed: an empty list, a 200 that is not JSON (a
+            # proxy's error page), items of the wrong shape. Named by type only: the body may
+            # echo the inputs.
+            error = ProviderError(
                 f"the embeddings endpoint {self._endpoint} returned a response that is not an "
                 f"embeddings list ({type(err).__name__}); check model.base_url points at an "
                 "OpenAI-compatible /v1 endpoint"
-            ) from None
-        data = sorted(response.data, key=lambda d: d.index)
-        # Every input exactly once: a repeated or missing index would pair a vector with
-        # another row's text.
-        if [d.index for d in data] != list(range(len(inputs))):
+            )
+            raise _MalformedResponse(error, type(err).__name__) from None
+
+    def _parse(self, response: CreateEmbeddingResponse, n: int) -> tuple[np.ndarray, int | None]:
+        """Vectors in input order, checked for count, dimension and values; or ProviderError."""
+        data = list(response.data)
+        # The client does not validate: a missing `index` is None, a wrong one any type.
+        indices: list[object] = [getattr(d, "index", None) for d in data]
+        ints = [i for i in indices if type(i) is int]
+        # Every input exactly once: a missing, repeated or out-of-range index would pair a
+        # vector with another row's text.
+        if len(ints) != len(data) or sorted(ints) != list(range(n)):
             raise ProviderError(
-                f"{self._endpoint} returned {len(data)} embeddings for {len(inputs)} inputs, "
+                f"{self._endpoint} returned {len(data)} embeddings for {n} inputs, "
                 "with indices that do not match the inputs one to one; nothing written"
             )
-        rows = [np.asarray(d.embedding, dtype=np.float32) for d in data]
+        by_index = dict(zip(ints, data, strict=True))
+        rows = [np.asarray(by_index[i].embedding, dtype=np.float32) for i in range(n)]
+        if any(r.ndim != 1 for r in rows):
+            raise TypeError("an embedding is not a flat list of numbers")
         dims = {r.shape[0] for r in rows}
         if len(dims) > 1:
             raise ProviderError(
@@ -175,7 +226,8 @@ class OpenAIProvider(EmbeddingProvider):
             )
         usage = getattr(response, "usage", None)
         tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
-        return np.vstack(rows), tokens
+        # Checked per response, before the next request is even sent.
+        return check_vectors(np.vstack(rows), n, self.identity), tokens
 
     def _embed(self, texts: Sequence[str]) -> EmbeddingBatch:
         cut = [self._truncate(t) for t in texts]
@@ -184,8 +236,7 @@ class OpenAIProvider(EmbeddingProvider):
         tokens: int | None = 0
         for request in self._requests([t for t, _ in cut]):
             vectors, used = self._call(request)
-            # Checked per response, before the next request is even sent.
-            parts.append(check_vectors(vectors, len(request), self.identity))
+            parts.append(vectors)
             tokens = None if tokens is None or used is None else tokens + used
         vectors = np.vstack(parts)
         if self.config.normalize:

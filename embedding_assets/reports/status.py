@@ -18,7 +18,8 @@ from ..checks.column import evaluate_column
 from ..config import SpaceConfig
 from ..db.introspect import column_info, indexes_on_column, relation
 from ..db.registry import SpaceRecord, get_space, registry_exists
-from ..defs.checks import check_keys
+from ..defs.check_history import latest_evaluations
+from ..defs.checks import CHECK_NAMES
 from ..defs.keys import embeddings_key
 from ..defs.partitions import id_range_partitions_name
 from . import NoProgress, Progress, read_only_connection
@@ -27,7 +28,7 @@ from . import NoProgress, Progress, read_only_connection
 @dataclass(frozen=True)
 class CheckState:
     name: str
-    state: str  # passed | failed | deferred | planned | never evaluated
+    state: str  # passed | failed | deferred | never evaluated
     severity: str | None
     evaluated_at: str | None  # ISO 8601, UTC
 
@@ -104,28 +105,16 @@ def _iso(timestamp: float) -> str:
 
 
 def check_states(instance: DagsterInstance, space: SpaceConfig) -> list[CheckState]:
-    """The latest evaluation of each column check, as the gate reads them."""
-    keys = check_keys(space)
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    """The newest evaluation of each column check, by evaluation time (as the gate reads)."""
+    latest = latest_evaluations(instance, embeddings_key(space), CHECK_NAMES)
     states = []
-    for key in keys:
-        record = records.get(key)
-        evaluation = record.event.asset_check_evaluation if record and record.event else None
-        if record is None:
-            states.append(CheckState(key.name, "never evaluated", None, None))
-        elif evaluation is None:  # planned: its run has not evaluated it (yet)
-            states.append(
-                CheckState(
-                    key.name, record.status.value.lower(), None, _iso(record.create_timestamp)
-                )
-            )
-        else:
-            deferred = getattr(evaluation.metadata.get("deferred"), "value", False)
-            state = "passed" if evaluation.passed else "deferred" if deferred else "failed"
-            stamp = record.event.timestamp if record.event else record.create_timestamp
-            states.append(
-                CheckState(key.name, state, evaluation.severity.value.lower(), _iso(stamp))
-            )
+    for name in CHECK_NAMES:
+        evaluation = latest.get(name)
+        if evaluation is None:
+            states.append(CheckState(name, "never evaluated", None, None))
+            continue
+        state = "passed" if evaluation.passed else "deferred" if evaluation.deferred else "failed"
+        states.append(CheckState(name, state, evaluation.severity, _iso(evaluation.evaluated_at)))
     return states
 
 

@@ -24,6 +24,14 @@ stops, the cursor stays before that alert, and the next tick retries it. With no
 Messages carry the asset key, check name, severity, a truncated description, whitelisted
 counts and ids from the metadata (numbers, lists of numbers, partition keys), and the run.
 Never arbitrary metadata values, row text or stack traces.
+
+A failed run names its cause per failed step (the first `MAX_STEP_FAILURES`): the project's
+own error found in the step's error chain (an `EmbeddingBackfillError`, or a `Failure` raised
+by this package), as "ClassName: message". Dagster wraps a raw exception in
+DagsterExecutionStepExecutionError, whose message says nothing, so the chain is walked
+(`cause`, `context`). Any other error is named by class only: psycopg messages carry DETAIL
+lines with row values and HTTP clients may echo inputs or keys, while the project's own
+messages are written to be safe to show.
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ import logging
 import os
 import re
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -42,8 +51,14 @@ from dagster import (
     DagsterInstance,
     EventLogRecord,
     EventRecordsFilter,
+    Failure,
     RunStatusChangeRecordsFilter,
 )
+from dagster._core.events import JobFailureData
+from dagster._core.execution.plan.objects import StepFailureData
+from dagster._utils.error import SerializableErrorInfo
+
+from ..errors import EmbeddingBackfillError
 
 ENV_WEBHOOK = "EMBEDDING_BACKFILLS_ALERT_WEBHOOK"
 ENV_UI_URL = "EMBEDDING_BACKFILLS_UI_URL"
@@ -51,6 +66,7 @@ MAX_EVENTS_PER_TICK = 100
 POST_TIMEOUT_SECONDS = 10.0
 DESCRIPTION_CHARS = 300
 FAILURE_MESSAGE_CHARS = 200
+MAX_STEP_FAILURES = 3
 
 # Metadata keys of the column checks (and of the deferred evaluations) worth an alert.
 # Only numbers, lists of numbers and partition keys are ever copied from them.
@@ -75,8 +91,13 @@ METADATA_KEYS = (
 )
 _MAX_LIST_ITEMS = 10
 _PARTITION_KEY = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
-_ERROR_CLASS_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*(?::|$))")
 _MAX_NAMES_LISTED = 5
+_MAX_CHAIN = 20  # error infos looked at per step; Dagster truncates deeper chains anyway
+_MAX_CLASSES_NAMED = 3
+_PACKAGE = __name__.split(".")[0]  # "embedding_assets"
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_FRAME_FILE = re.compile(r'File "([^"]+)"')
+_FAILURE_NAME = f"{Failure.__module__}.{Failure.__qualname__}"
 
 logger = logging.getLogger(__name__)
 
@@ -191,12 +212,6 @@ def _fetch(
 # --- messages -------------------------------------------------------------------------------
 
 
-def _first_line(text: str | None, limit: int) -> str:
-    line = next((s.strip() for s in (text or "").splitlines() if s.strip()), "")
-    line = _ERROR_CLASS_PATH.sub(r"\1", line)  # "pkg.mod.SomeError: x" -> "SomeError: x"
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def _truncate(text: str | None, limit: int) -> str:
     flat = " ".join((text or "").split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
@@ -263,6 +278,143 @@ def _run_scope(instance: DagsterInstance | None, run_id: str) -> str:
     return f"{label}: {', '.join(names)}"
 
 
+# --- the cause of a failed run --------------------------------------------------------------
+
+
+def _project_error_names() -> frozenset[str]:
+    """Qualified names of EmbeddingBackfillError and its subclasses (loaded ones included).
+
+    Qualified, not bare: psycopg has a DatabaseError too, and its message is not ours.
+    """
+    names: set[str] = set()
+    pending: list[type] = [EmbeddingBackfillError]
+    while pending:
+        cls = pending.pop()
+        names.add(f"{cls.__module__}.{cls.__qualname__}")
+        pending.extend(cls.__subclasses__())
+    return frozenset(names)
+
+
+def _qualified_name(error: SerializableErrorInfo) -> str:
+    """The class's module path, from the "pkg.mod.Cls: text" message (bare for builtins)."""
+    if not error.cls_name:
+        return ""
+    first = error.message.split("\n", 1)[0]
+    match = re.match(rf"((?:[A-Za-z_]\w*\.)*{re.escape(error.cls_name)})(?::|$)", first)
+    return match.group(1) if match else error.cls_name
+
+
+def _own_text(error: SerializableErrorInfo) -> str:
+    """The exception's str(), without the class prefix Python puts before it."""
+    qualified = _qualified_name(error)
+    text = error.message
+    if qualified and text.startswith(qualified):
+        text = text[len(qualified) :].removeprefix(":")
+    return text.strip()
+
+
+def _in_package(path: str) -> bool:
+    """A file of this package, wherever the run's process had it installed.
+
+    The part after the last `embedding_assets` directory must be one of our files: a
+    checkout directory of that name does not make its virtualenv's Dagster ours.
+    """
+    parts = re.split(r"[/\\]", path)
+    if _PACKAGE not in parts:
+        return False
+    tail = parts[len(parts) - parts[::-1].index(_PACKAGE) :]
+    return bool(tail) and _PACKAGE_ROOT.joinpath(*tail).is_file()
+
+
+def _raised_here(error: SerializableErrorInfo) -> bool:
+    """Defined in this package, or raised from one of its frames (the stack's last)."""
+    if _qualified_name(error).startswith(f"{_PACKAGE}."):
+        return True
+    frame = _FRAME_FILE.search(error.stack[-1]) if error.stack else None
+    return bool(frame and _in_package(frame.group(1)))
+
+
+def _chain(error: SerializableErrorInfo | None) -> Iterator[SerializableErrorInfo]:
+    """The error, then its causes and contexts, depth first, at most `_MAX_CHAIN` of them."""
+    pending = [error] if error else []
+    seen = 0
+    while pending and seen < _MAX_CHAIN:
+        node = pending.pop()
+        seen += 1
+        yield node
+        pending.extend(e for e in (node.context, node.cause) if e is not None)
+
+
+def describe_error(
+    error: SerializableErrorInfo | None, failure_description: str | None = None
+) -> str:
+    """The project's own error in the chain as "Class: message", else class names only.
+
+    A `Failure` counts as the project's when this package raised it: plain `Failure` or,
+    when Dagster recorded the step's failure data (`failure_description`), any subclass.
+    """
+    own = _project_error_names()
+    failure_text = (failure_description or "").strip()
+    foreign: list[str] = []
+    for node in _chain(error):
+        qualified = _qualified_name(node)
+        is_failure = qualified == _FAILURE_NAME or bool(
+            failure_text and _own_text(node) == failure_text
+        )
+        if qualified in own or (is_failure and _raised_here(node)):
+            text = _truncate(_own_text(node), FAILURE_MESSAGE_CHARS)
+            return f"{node.cls_name}: {text}" if text else f"{node.cls_name}"
+        if node.cls_name and not qualified.startswith("dagster") and node.cls_name not in foreign:
+            foreign.append(node.cls_name)
+    if not foreign and error is not None and error.cls_name:
+        foreign = [error.cls_name]  # Dagster's own error, nothing behind it
+    if not foreign:
+        return ""
+    names = " caused by ".join(foreign[:_MAX_CLASSES_NAMED])
+    return f"{names} (message withheld: not an error of {_PACKAGE}; see the run's logs)"
+
+
+def _failed_steps(instance: DagsterInstance, run_id: str) -> tuple[list[str], bool]:
+    """A "step <key>: <cause>" line per failed step (the first few); True when more failed."""
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.STEP_FAILURE, limit=MAX_STEP_FAILURES + 1
+    ).records
+    lines: list[str] = []
+    for record in records[:MAX_STEP_FAILURES]:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        data = event.event_specific_data
+        if isinstance(data, StepFailureData):
+            user = data.user_failure_data
+            cause = describe_error(data.error, user.description if user else None)
+        else:
+            cause = ""
+        lines.append(f"step {event.step_key}: {cause or 'failed'}")
+    return lines, len(records) > MAX_STEP_FAILURES
+
+
+def failure_lines(
+    instance: DagsterInstance | None, run_id: str, data: object, run_message: str | None
+) -> list[str]:
+    """What made a run fail: its failed steps' causes, else the run-level error's.
+
+    The steps are read from the event log: a run's RUN_FAILURE event carries no error when
+    its steps ran in other processes, and otherwise only the first step's.
+    """
+    lines, more = _failed_steps(instance, run_id) if instance is not None else ([], False)
+    if more:
+        lines.append(f"more steps failed than the {MAX_STEP_FAILURES} shown, see the run")
+    if lines:
+        return lines
+    error = data.error if isinstance(data, JobFailureData) else None
+    cause = describe_error(error)
+    if cause:
+        return [cause]
+    first = next((s.strip() for s in (run_message or "").splitlines() if s.strip()), "")
+    return [_truncate(first, FAILURE_MESSAGE_CHARS)] if first else []
+
+
 def alert_for(
     record: EventLogRecord, ui_url: str | None = None, instance: DagsterInstance | None = None
 ) -> Alert | None:
@@ -287,17 +439,13 @@ def alert_for(
         lines.append(f"run: {_run_ref(entry.run_id, ui_url)}")
         return Alert(record.storage_id, "check", entry.run_id, "\n".join(lines))
     if event.event_type == DagsterEventType.RUN_FAILURE:
-        data = event.event_specific_data
-        error = getattr(data, "error", None)
-        message = getattr(error, "message", None) or event.message or entry.user_message
         lines = [f"Run failed: job {event.job_name}"]
         scope = _run_scope(instance, entry.run_id)
         if scope:
             lines.append(scope)
         lines.append(f"run: {_run_ref(entry.run_id, ui_url)}")
-        first = _first_line(message, FAILURE_MESSAGE_CHARS)
-        if first:
-            lines.append(first)
+        run_message = event.message or entry.user_message
+        lines += failure_lines(instance, entry.run_id, event.event_specific_data, run_message)
         return Alert(record.storage_id, "run", entry.run_id, "\n".join(lines))
     return None
 
