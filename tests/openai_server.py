@@ -10,6 +10,9 @@ sha256, `dims` long, multiplied by `scale`. A request's `dimensions` truncates a
 renormalises like text-embedding-3; asking for more than `dims` is a 400. Both
 `encoding_format`s are served: "float" lists and "base64" little-endian float32.
 
+`ignore_encoding_format=True` answers float lists whatever was asked, like some compatible
+servers.
+
 Faults are queued with `fail_next` and consumed one per request, in order. Every request is
 recorded (after its body is read, before any fault), so tests can assert on calls. Nothing
 loops unboundedly: bodies are size-capped, a hang is a bounded wait that shutdown cuts short.
@@ -18,6 +21,7 @@ loops unboundedly: bodies are size-capped, a hang is a bounded wait that shutdow
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import socket
@@ -31,7 +35,8 @@ from typing import Any, Literal
 import numpy as np
 
 FaultKind = Literal[
-    "429",  # rate limited, with `retry-after: 0`
+    "429",  # rate limited: `retry_after=` (default "0"; None leaves it out), `reset_requests=`
+    # and `reset_tokens=` (x-ratelimit-reset-*), `code=` (default "rate_limit_exceeded")
     "status",  # any HTTP status (`status=`, default 500) with an OpenAI-style error body
     "wrong_dims",  # every vector has `dims=` components (default: served dimension + 3)
     "mixed_dims",  # the first vector is one component short
@@ -43,6 +48,7 @@ FaultKind = Literal[
     "nan",  # the first vector's first component is NaN
     "no_usage",  # the `usage` object is left out
     "not_json",  # 200 with a non-JSON body (a proxy's error page, echoing the first input)
+    "bad_base64",  # the first embedding is not valid base64 (or, as floats, not a number)
     "hang",  # no answer for `seconds=` (default 5; shutdown ends it early), then hang up
     "drop",  # close the connection without answering
 ]
@@ -56,6 +62,18 @@ class Fault:
     status: int = 500
     dims: int | None = None
     seconds: float = 5.0
+    retry_after: str | None = "0"
+    reset_requests: str | None = None
+    reset_tokens: str | None = None
+    code: str = "rate_limit_exceeded"
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        named = {
+            "retry-after": self.retry_after,
+            "x-ratelimit-reset-requests": self.reset_requests,
+            "x-ratelimit-reset-tokens": self.reset_tokens,
+        }
+        return {name: value for name, value in named.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -75,12 +93,18 @@ class RecordedRequest:
         return len(self.inputs)
 
 
+@functools.lru_cache(maxsize=4096)
 def fake_vector(text: str, model: str, dims: int, salt: str = "") -> np.ndarray:
-    """The unit vector the server returns for `text` (before truncation and scaling)."""
+    """The unit vector the server returns for `text` (before truncation and scaling).
+
+    Cached (read-only): benchmarks/openai_decode.py sends the same texts again and again, and
+    should measure the client's decoding, not this."""
     digest = hashlib.sha256(f"{salt}\x00{model}\x00{text}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
     vector = rng.standard_normal(dims)
-    return vector / np.linalg.norm(vector)
+    vector /= np.linalg.norm(vector)
+    vector.flags.writeable = False
+    return vector
 
 
 def token_count(text: str) -> int:
@@ -116,10 +140,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, message: str, code: str | None = None) -> None:
+    def _error(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         err_type = "invalid_request_error" if status < 500 else "server_error"
         payload = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
-        headers = {"retry-after": "0"} if status == 429 else None
+        if headers is None and status == 429:
+            headers = {"retry-after": "0"}
         self._send_json(status, payload, headers)
 
     def do_GET(self) -> None:
@@ -203,14 +234,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "nan":
             vectors[0] = vectors[0].copy()
             vectors[0][0] = np.nan
+        served_format = "float" if owner.ignore_encoding_format else encoding_format
         items = [
             {
                 "object": "embedding",
                 "index": i,
-                "embedding": _encode(v, encoding_format),
+                "embedding": _encode(v, served_format),
             }
             for i, v in zip(indices, vectors, strict=True)
         ]
+        if kind == "bad_base64":
+            items[0]["embedding"] = "not base64!" if served_format == "base64" else ["x"]
         if kind == "fewer":
             items = items[:-1]
         elif kind == "empty":
@@ -232,7 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _apply_transport_fault(self, fault: Fault, inputs: list[str]) -> bool:
         """Answer for faults that never produce embeddings; True when handled."""
         if fault.kind == "429":
-            self._error(429, "Rate limit reached. Please try again in 0s.", "rate_limit_exceeded")
+            message = "Rate limit reached. Please try again later."
+            self._error(429, message, fault.code, fault.rate_limit_headers())
         elif fault.kind == "status":
             self._error(fault.status, f"The server had an error processing {inputs[0]!r}.")
         elif fault.kind == "not_json":
@@ -270,8 +305,10 @@ class FakeEmbeddingsServer:
         scale: float = 1.0,
         api_key: str | None = None,
         latency: float = 0.0,
+        ignore_encoding_format: bool = False,
     ) -> None:
         self.dims = dims
+        self.ignore_encoding_format = ignore_encoding_format  # float lists, whatever was asked
         self.latency = latency  # seconds before every answer: a remote model's round trip
         self.salt = salt  # another salt: "another model" under the same name and dimension
         self.scale = scale  # != 1.0: vectors that are not unit-norm
@@ -347,11 +384,24 @@ class FakeEmbeddingsServer:
         status: int = 500,
         dims: int | None = None,
         seconds: float = 5.0,
+        retry_after: str | None = "0",
+        reset_requests: str | None = None,
+        reset_tokens: str | None = None,
+        code: str = "rate_limit_exceeded",
     ) -> None:
         """Queue `times` copies of a fault; each later request consumes one, in order."""
         if times < 1:
             raise ValueError("times must be >= 1")
-        fault = Fault(kind, status=status, dims=dims, seconds=seconds)
+        fault = Fault(
+            kind,
+            status=status,
+            dims=dims,
+            seconds=seconds,
+            retry_after=retry_after,
+            reset_requests=reset_requests,
+            reset_tokens=reset_tokens,
+            code=code,
+        )
         with self._lock:
             self._faults.extend([fault] * times)
 

@@ -7,8 +7,11 @@ retry at the retry counts used here); the only other waiting is the server's bou
 
 from __future__ import annotations
 
+import email.utils
+import itertools
 import logging
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +33,21 @@ from embedding_assets.errors import (
     ProviderError,
 )
 from embedding_assets.providers import EmbeddingProvider, build_provider
-from embedding_assets.providers.openai import MALFORMED_ATTEMPTS
+from embedding_assets.providers.openai import (
+    MALFORMED_ATTEMPTS,
+    RATE_LIMIT_JITTER,
+    RATE_LIMIT_MAX_WAIT,
+    RATE_LIMITED_PER_RETRY,
+    OpenAIProvider,
+    parse_duration,
+    parse_retry_after,
+    rate_limit_wait,
+)
+from embedding_assets.providers.tokens import openai_encoding
+from embedding_assets.reports.tokens import token_counter
 
 MODEL = "text-embedding-3-small"
+OTHER_MODEL = "nomic-embed-text"  # no known tokenizer: the bytes heuristic
 DIMS = 8
 KEY_ENV = "EMBED_TEST_API_KEY"
 FAKE_KEY = "sk-test-SECRET123"
@@ -94,14 +109,37 @@ def make_provider() -> Iterator[MakeProvider]:
         provider.close()
 
 
-def expected(server: FakeEmbeddingsServer, texts: list[str], dims: int = DIMS) -> np.ndarray:
+def expected(
+    server: FakeEmbeddingsServer, texts: list[str], dims: int = DIMS, model: str = MODEL
+) -> np.ndarray:
     """What the provider should return for `texts` served by `server` (unit-normalised)."""
-    rows = np.vstack([server.vector(t, MODEL, dims) for t in texts]).astype(np.float64)
+    rows = np.vstack([server.vector(t, model, dims) for t in texts]).astype(np.float64)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def texts_of(n: int) -> list[str]:
     return [f"document number {i}: some text about topic {i % 4}" for i in range(n)]
+
+
+def cl100k(text: str) -> int:
+    """Tokens of `text` as OpenAI counts them: the same tokenizer, called directly."""
+    encoding = openai_encoding()
+    assert encoding is not None
+    return len(encoding.encode_ordinary(text))
+
+
+def words(n_words: int, seed: int) -> str:
+    rng = random.Random(seed)
+    vocabulary = ["vector", "PostgreSQL", "Zażółć", "東京", "😀", "12345678", "the", "a,b;c"]
+    return " ".join(rng.choice(vocabulary) for _ in range(n_words))
+
+
+def recorded_waits(provider: EmbeddingProvider) -> list[float]:
+    """Replace the provider's sleep: the waits are recorded, none is taken."""
+    assert isinstance(provider, OpenAIProvider)
+    waits: list[float] = []
+    provider.sleep = waits.append
+    return waits
 
 
 # -- happy path ------------------------------------------------------------------------------
@@ -117,8 +155,10 @@ def test_embeds_in_order_across_requests_and_reports_tokens(
 
     assert batch.vectors.shape == (10, DIMS)
     assert batch.vectors.dtype == np.float32
+    assert batch.vectors.flags.writeable and batch.vectors.flags.c_contiguous
     np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
     requests = server.requests
+    assert all(r.encoding_format == "base64" for r in requests)
     assert len(requests) == math.ceil(10 / 3)
     assert [r.n_inputs for r in requests] == [3, 3, 3, 1]
     assert all(r.n_inputs <= 3 for r in requests)
@@ -153,15 +193,53 @@ def test_normalize_true_returns_unit_vectors_and_false_keeps_the_servers(
 def test_requests_stay_within_the_token_budget(
     server: FakeEmbeddingsServer, make_provider: MakeProvider
 ) -> None:
+    """Packed by the model's own token counts: no request over the budget, none split early."""
+    texts = [words(5 + i % 23, seed=i) for i in range(60)]
+    budget = 120
+    provider = make_provider(server.base_url, max_tokens_per_request=budget)
+
+    batch = provider.embed(texts)
+
+    requests = server.requests
+    assert [t for r in requests for t in r.inputs] == texts  # in order, none cut or repeated
+    sizes = [sum(cl100k(t) for t in r.inputs) for r in requests]
+    assert max(sizes) <= budget
+    for request, following in itertools.pairwise(requests):
+        # Greedy: the next request's first text did not fit into this one.
+        assert sum(cl100k(t) for t in request.inputs) + cl100k(following.inputs[0]) > budget
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+
+
+def test_default_budgets_hold_for_large_batches(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    """2048 inputs and 300,000 tokens per request, 8192 per input: OpenAI's own limits."""
+    small = [f"row {i}" for i in range(3000)]
+    make_provider(server.base_url).embed(small)
+    assert [r.n_inputs for r in server.requests] == [2048, 952]
+
+    large = [words(9000, seed=i) for i in range(45)]  # > 8192 tokens each: cut to 8192
+    batch = make_provider(server.base_url).embed(large)
+
+    requests = server.requests[2:]
+    assert batch.truncated == len(large)
+    assert all(cl100k(t) <= 8192 for r in requests for t in r.inputs)
+    assert all(sum(cl100k(t) for t in r.inputs) <= 300_000 for r in requests)
+    assert len(requests) == 2  # 45 x ~8192 = ~369k tokens: two requests, not one
+
+
+def test_byte_budget_for_a_model_without_a_known_tokenizer(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
     # Budget: 10 tokens x 2 bytes = 20 bytes per request; each text is 8 bytes.
     texts = [f"text-{i:03d}" for i in range(5)]
-    provider = make_provider(server.base_url, max_tokens_per_request=10)
+    provider = make_provider(server.base_url, name=OTHER_MODEL, max_tokens_per_request=10)
 
     batch = provider.embed(texts)
 
     assert [r.n_inputs for r in server.requests] == [2, 2, 1]
     assert all(sum(len(t.encode()) for t in r.inputs) <= 20 for r in server.requests)
-    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    np.testing.assert_allclose(batch.vectors, expected(server, texts, model=OTHER_MODEL), atol=1e-6)
 
 
 def test_tokens_unknown_when_the_server_reports_no_usage(
@@ -197,14 +275,15 @@ def test_rate_limit_is_retried_then_succeeds(
     assert server.requests[0].inputs == server.requests[1].inputs == texts
 
 
-def test_rate_limit_beyond_max_retries_is_a_provider_error(
+def test_rate_limit_without_a_wait_beyond_max_retries_is_a_provider_error(
     server: FakeEmbeddingsServer, make_provider: MakeProvider
 ) -> None:
-    server.fail_next("429", times=5)
+    server.fail_next("429", times=5, retry_after=None)  # says nothing about when: an outage
     with pytest.raises(ProviderError, match="429") as info:
         make_provider(server.base_url, max_retries=1).embed(texts_of(2))
     assert len(server.requests) == 2
     assert server.base_url in str(info.value)
+    assert "after 2 attempts" in str(info.value)
 
 
 def test_server_errors_are_retried_up_to_max_retries(
@@ -298,6 +377,190 @@ def test_unreachable_endpoint_fails_after_all_attempts_without_the_key(
     assert FAKE_KEY not in message and SENTINEL not in message
     assert FAKE_KEY not in caplog.text and SENTINEL not in caplog.text
     assert info.value.__cause__ is None
+
+
+# -- a 429 is waited out as long as the server asks ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1h2m3.5s", 3723.5),
+        ("0.5s", 0.5),
+        ("2", 2.0),
+        ("1.5", 1.5),
+        ("", None),
+        ("soon", None),
+        ("5 s", None),
+        ("1x", None),
+    ],
+)
+def test_reset_durations(value: str, seconds: float | None) -> None:
+    assert parse_duration(value) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_retry_after_takes_seconds_or_an_http_date() -> None:
+    now = 1_800_000_000.0
+    assert parse_retry_after("7", now) == 7.0
+    in_30s = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(in_30s, now) == pytest.approx(30.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) < 0  # past: no wait
+    assert parse_retry_after("tomorrow", now) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({}, None),
+        ({"retry-after": "0"}, 0.0),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"x-ratelimit-reset-requests": "20ms"}, 0.02),
+        ({"x-ratelimit-reset-tokens": "6m0s"}, RATE_LIMIT_MAX_WAIT),  # capped
+        ({"retry-after": "1", "x-ratelimit-reset-tokens": "2.5s"}, 2.5),  # the longest hint
+        ({"retry-after": "garbage"}, None),
+        ({"retry-after": "garbage", "x-ratelimit-reset-requests": "1s"}, 1.0),
+        ({"retry-after": "-5"}, 0.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+    ],
+)
+def test_rate_limit_wait_from_headers(headers: dict[str, str], wait: float | None) -> None:
+    got = rate_limit_wait(headers, now=1_800_000_000.0)
+    assert got == (pytest.approx(wait) if wait is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "low"),
+    [
+        ({"retry_after": "2"}, 2.0),
+        ({"retry_after": None, "reset_requests": "1s", "reset_tokens": "1.5s"}, 1.5),
+        ({"retry_after": None, "reset_tokens": "20ms"}, 0.02),
+        ({"retry_after": "0", "reset_tokens": "6m0s"}, RATE_LIMIT_MAX_WAIT),
+    ],
+)
+def test_a_429_is_waited_out_as_long_as_its_headers_ask(
+    headers: dict[str, Any],
+    low: float,
+    caplog: pytest.LogCaptureFixture,
+    server: FakeEmbeddingsServer,
+    make_provider: MakeProvider,
+) -> None:
+    caplog.set_level(logging.WARNING, logger=PROVIDER_LOGGER)
+    texts = texts_of(2)
+    server.fail_next("429", **headers)
+    provider = make_provider(server.base_url, max_retries=1)
+    waits = recorded_waits(provider)
+
+    batch = provider.embed(texts)
+
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    (wait,) = waits
+    assert low <= wait <= low * (1 + RATE_LIMIT_JITTER)  # at least the ask, jittered upwards
+    assert f"backing off {wait:.2f} s" in caplog.text
+
+
+def test_retry_after_as_an_http_date_is_honoured(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("429", retry_after=email.utils.formatdate(time.time() + 20, usegmt=True))
+    provider = make_provider(server.base_url, max_retries=1)
+    waits = recorded_waits(provider)
+    provider.embed(texts_of(1))
+    (wait,) = waits
+    assert 18 <= wait <= 20 * (1 + RATE_LIMIT_JITTER) + 1  # HTTP dates have 1 s resolution
+
+
+def test_a_429_without_headers_backs_off_exponentially(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("429", times=3, retry_after=None)
+    provider = make_provider(server.base_url, max_retries=3)
+    waits = recorded_waits(provider)
+    provider.embed(texts_of(1))
+    assert len(waits) == 3 and sum(waits) > 0
+    assert all(0 <= w <= 0.5 * 2**i for i, w in enumerate(waits))  # wait_random_exponential
+
+
+def test_a_429_storm_does_not_fail_while_the_server_says_when_to_return(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    """Each paced 429 costs a tenth of a retry: max_retries=3 rides out 30 of them, where
+    outages would have failed after 4 attempts."""
+    texts = texts_of(2)
+    storm = 3 * RATE_LIMITED_PER_RETRY
+    server.fail_next("429", times=storm, retry_after="1")
+    provider = make_provider(server.base_url, max_retries=3)
+    waits = recorded_waits(provider)
+
+    batch = provider.embed(texts)
+
+    np.testing.assert_allclose(batch.vectors, expected(server, texts), atol=1e-6)
+    assert len(server.requests) == storm + 1
+    assert len(waits) == storm and min(waits) >= 1.0
+
+
+def test_an_endless_429_storm_is_still_bounded(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    storm = 3 * RATE_LIMITED_PER_RETRY
+    server.fail_next("429", times=storm + 5, retry_after="1")
+    provider = make_provider(server.base_url, max_retries=3)
+    recorded_waits(provider)
+
+    with pytest.raises(EndpointUnavailableError, match="429") as info:
+        provider.embed(texts_of(2))
+
+    assert len(server.requests) == storm + 1
+    assert f"after {storm + 1} attempts" in str(info.value)
+
+
+def test_paced_429s_and_outages_share_one_budget(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    # max_retries=2 is 2 outages' worth. Each paced 429 costs a tenth: 1 + 0.5 + 1 > 2, so
+    # the second 503 ends it, where alone it would have been retried.
+    server.fail_next("status", status=503)
+    server.fail_next("429", times=5, retry_after="0")
+    server.fail_next("status", status=503)
+    server.fail_next("status", status=503)
+    provider = make_provider(server.base_url, max_retries=2)
+    recorded_waits(provider)
+
+    with pytest.raises(EndpointUnavailableError, match="503"):
+        provider.embed(texts_of(2))
+
+    assert [r.fault for r in server.requests] == ["status", *["429"] * 5, "status"]
+
+
+def test_max_retries_zero_still_means_no_retry_for_a_paced_429(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    server.fail_next("429", retry_after="1")
+    provider = make_provider(server.base_url, max_retries=0)
+    waits = recorded_waits(provider)
+    with pytest.raises(EndpointUnavailableError, match="429"):
+        provider.embed(texts_of(1))
+    assert len(server.requests) == 1 and waits == []
+
+
+def test_an_exhausted_quota_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch, server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    """OpenAI's 429 insufficient_quota heals only with billing: fail at once, say why."""
+    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
+    server.fail_next("429", times=5, retry_after="1", code="insufficient_quota")
+    provider = make_provider(server.base_url, max_retries=6)
+    waits = recorded_waits(provider)
+
+    with pytest.raises(ProviderError, match="insufficient_quota") as info:
+        provider.embed(texts_of(1))
+
+    assert type(info.value) is ProviderError  # not "unavailable": a retry later will not help
+    assert len(server.requests) == 1 and waits == []
+    assert f"${KEY_ENV}" in str(info.value) and FAKE_KEY not in str(info.value)
 
 
 # -- responses that must never be written ----------------------------------------------------
@@ -398,6 +661,7 @@ def test_duplicate_item_index_is_rejected(
     ("kind", "dims"),
     [
         ("not_json", None),  # a proxy's error page
+        ("bad_base64", None),
         ("no_index", None),  # used to escape as a raw TypeError from the sort
         ("wrong_dims", 5),
         ("mixed_dims", None),
@@ -491,6 +755,7 @@ def test_persistent_garbage_fails_naming_the_problem(
         ("mixed_dims", "mixed dimensions"),
         ("nan", "NaN"),
         ("empty", "not an embeddings list"),
+        ("bad_base64", "not an embeddings list"),
     ],
 )
 def test_persistent_malformed_response_fails_with_its_clear_error(
@@ -507,10 +772,56 @@ def test_malformed_responses_and_rate_limits_share_the_attempt_budget(
     server: FakeEmbeddingsServer, make_provider: MakeProvider
 ) -> None:
     server.fail_next("not_json")
-    server.fail_next("429", times=5)
+    server.fail_next("429", times=5, retry_after=None)
     with pytest.raises(EndpointUnavailableError, match="429"):
         make_provider(server.base_url, max_retries=2).embed(texts_of(2))
     assert [r.fault for r in server.requests] == ["not_json", "429", "429"]
+
+
+# -- servers that ignore encoding_format ---------------------------------------------------------
+
+
+@pytest.fixture
+def float_server() -> Iterator[FakeEmbeddingsServer]:
+    """An OpenAI-compatible server that answers float lists even when asked for base64."""
+    with FakeEmbeddingsServer(dims=DIMS, ignore_encoding_format=True) as srv:
+        yield srv
+
+
+def test_float_list_answers_are_decoded_too(
+    float_server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    texts = texts_of(7)
+    float_server.fail_next("shuffle")
+    batch = make_provider(float_server.base_url, max_inputs_per_request=4).embed(texts)
+    assert [r.encoding_format for r in float_server.requests] == ["base64", "base64"]
+    assert batch.vectors.dtype == np.float32 and batch.vectors.flags.writeable
+    np.testing.assert_allclose(batch.vectors, expected(float_server, texts), atol=1e-6)
+    assert batch.tokens == sum(token_count(t) for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "match"),
+    [
+        ("wrong_dims", DimensionMismatchError, "5-dimensional"),
+        ("mixed_dims", ProviderError, "mixed dimensions"),
+        ("fewer", ProviderError, "2 embeddings for 3 inputs"),
+        ("nan", ProviderError, "NaN"),
+        ("no_index", ProviderError, "one to one"),
+        ("bad_base64", ProviderError, "not an embeddings list"),
+    ],
+)
+def test_float_list_answers_get_every_check(
+    kind: FaultKind,
+    error: type[Exception],
+    match: str,
+    float_server: FakeEmbeddingsServer,
+    make_provider: MakeProvider,
+) -> None:
+    float_server.fail_next(kind, times=5, dims=5)
+    with pytest.raises(error, match=match):
+        make_provider(float_server.base_url, max_retries=1).embed(texts_of(3))
+    assert len(float_server.requests) == 2  # retried once as malformed, then the clear error
 
 
 # -- nothing secret in errors ----------------------------------------------------------------
@@ -657,7 +968,7 @@ def test_send_dimensions(
 # -- truncation ------------------------------------------------------------------------------
 
 
-def test_long_inputs_are_truncated_and_counted(
+def test_without_a_known_tokenizer_inputs_are_cut_by_bytes(
     server: FakeEmbeddingsServer, make_provider: MakeProvider
 ) -> None:
     # max_input_tokens=10 -> inputs are cut at 40 UTF-8 bytes, never inside a character.
@@ -668,7 +979,7 @@ def test_long_inputs_are_truncated_and_counted(
         "x" + "ż" * 30,  # the 40-byte cut falls inside a character: that character goes
         "short",
     ]
-    provider = make_provider(server.base_url, max_input_tokens=10)
+    provider = make_provider(server.base_url, name=OTHER_MODEL, max_input_tokens=10)
 
     batch = provider.embed(texts)
 
@@ -676,7 +987,98 @@ def test_long_inputs_are_truncated_and_counted(
     assert sent == ["a" * 40, "b" * 40, "ż" * 20, "x" + "ż" * 19, "short"]
     assert all(len(t.encode()) <= 40 for t in sent)
     assert batch.truncated == 3
-    np.testing.assert_allclose(batch.vectors, expected(server, sent), atol=1e-6)
+    np.testing.assert_allclose(batch.vectors, expected(server, sent, model=OTHER_MODEL), atol=1e-6)
+
+
+HARD_TEXTS = {
+    "english": "The quick brown fox jumps over the lazy dog. ",
+    "cjk": "東京都の天気は晴れです。数据库中的向量嵌入。한국어 텍스트입니다. ",
+    "emoji": "😀👍🏽🇵🇱👨‍👩‍👧‍👦🤖 ",
+    "digits": "31415926535897932384626433832795028841971693993751",
+    "spaces": "word" + " " * 300,
+    "special": "<|endoftext|> plain text that names a special token ",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HARD_TEXTS))
+def test_inputs_are_cut_by_the_models_tokens(
+    kind: str, server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    """A cut keeps a prefix of at most max_input_tokens tokens, as OpenAI counts them,
+    whatever the script; texts within the limit are sent unchanged."""
+    limit = 10
+    unit = HARD_TEXTS[kind]
+    long_text = unit * 5
+    short_text = next(unit[:n] for n in range(len(unit), 0, -1) if cl100k(unit[:n]) <= limit)
+    assert cl100k(long_text) > limit
+
+    batch = make_provider(server.base_url, max_input_tokens=limit).embed([long_text, short_text])
+
+    cut, kept = server.requests[0].inputs
+    assert long_text.startswith(cut) and cut
+    assert limit - 3 <= cl100k(cut) <= limit  # a cut inside a multi-token character drops it
+    assert kept == short_text
+    assert batch.truncated == 1
+    np.testing.assert_allclose(batch.vectors, expected(server, [cut, kept]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(set(HARD_TEXTS) - {"spaces"}))
+def test_a_200k_character_row_is_cut_to_8192_tokens(
+    kind: str, server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    unit = HARD_TEXTS[kind]
+    row = (unit * (200_000 // len(unit) + 1))[:200_000]
+
+    batch = make_provider(server.base_url).embed([row, "a short row"])
+
+    cut, short = server.requests[0].inputs
+    assert row.startswith(cut)
+    assert 8_000 <= cl100k(cut) <= 8192  # within the limit, and not far short of it
+    assert short == "a short row"
+    assert batch.truncated == 1
+
+
+def test_rows_of_long_tokens_are_cut_by_tokens_not_bytes(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    """Runs of spaces are ~100 bytes per token: 200k characters fit in 8192 tokens and are
+    sent whole (the bytes rule would cut them at 32 kB); 2M characters are cut to a prefix
+    within the limit without tripping the tokenizer's own size limits."""
+    unit = HARD_TEXTS["spaces"]
+    fits = (unit * 700)[:200_000]
+    huge = unit * 7_000
+    assert cl100k(fits) <= 8192
+
+    batch = make_provider(server.base_url).embed([fits, huge])
+
+    sent_fits, sent_huge = server.requests[0].inputs
+    assert sent_fits == fits
+    assert huge.startswith(sent_huge) and 0 < cl100k(sent_huge) <= 8192
+    assert batch.truncated == 1
+
+
+def test_the_plan_counts_what_the_provider_sends(
+    server: FakeEmbeddingsServer, make_provider: MakeProvider
+) -> None:
+    """reports/tokens.py counts with the provider's own rules: cut rows count as cut."""
+    texts = [HARD_TEXTS["emoji"] * 40_000, *texts_of(3)]  # the first is ~600k tokens
+    model = ModelConfig(provider="openai", name=MODEL, dimensions=DIMS, base_url=server.base_url)
+    counter = token_counter(model, None)
+    assert counter is not None and counter.exact
+
+    make_provider(server.base_url).embed(texts)
+
+    assert counter.count(texts) == [cl100k(t) for t in server.requests[0].inputs]
+
+
+def test_fitted_counts_are_the_tokenizers_on_a_batch(make_provider: MakeProvider) -> None:
+    """1,000 rows of ~600 bytes: counted exactly, none cut, no request sent."""
+    provider = make_provider("http://127.0.0.1:9/v1")
+    assert isinstance(provider, OpenAIProvider)
+    rows = [words(90, seed=i)[:600] for i in range(1_000)]
+    fitted = [provider.token_rules.fit(r, provider.max_tokens) for r in rows]
+    assert [f.tokens for f in fitted] == [cl100k(r) for r in rows]
+    assert not any(f.truncated for f in fitted)
 
 
 # -- identity and fingerprint ----------------------------------------------------------------

