@@ -37,11 +37,11 @@ from rich.table import Table
 from write_path import admin, create_text_table, settle, space_for
 
 from embedding_assets.checks.column import evaluate_column
+from embedding_assets.db.introspect import inspect_table
 from embedding_assets.drift.changelog import install_changelog, pending_changes
 from embedding_assets.drift.content import sweep_window
-from embedding_assets.drift.rows import key_digits
 from embedding_assets.pipeline.backfill import embed_range
-from embedding_assets.pipeline.partitions import occupied_ranges
+from embedding_assets.pipeline.partitions import recorded_ranges
 from embedding_assets.pipeline.target import prepare_target_column
 from embedding_assets.providers import build_provider
 from embedding_assets.sensors.drift import watch_tick
@@ -82,10 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             space = space_for(TABLE, args.dims).model_copy(update={"partition_size": 100_000})
             provider = build_provider(space.model)
             prepare_target_column(conn, space, provider)
-            embed_range(space, provider, 0, args.rows, database_url=url)
+            embed_range(space, provider, database_url=url)
             settle(conn, TABLE)
-            digits = key_digits(conn, space)
-            known = {r.key(digits) for r in occupied_ranges(conn, space)}
+            ranges = recorded_ranges(conn, space)
+            known = {r.partition_key for r in ranges}
+            key_type = inspect_table(conn, space).key
             key = provider.identity.key
             cursor = watch_tick(conn, space, provider, known, None).cursor
             window = min(args.window, args.rows)
@@ -102,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
                 (
                     f"sweep window ({window:,} rows)",
-                    timed(lambda: sweep_window(conn, space, key, 0, window, digits), args.repeat),
+                    timed(
+                        lambda: sweep_window(conn, space, key_type, key, ranges, 0, window),
+                        args.repeat,
+                    ),
                     window,
                 ),
             ]
@@ -114,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_log = timed(lambda: admin(conn, bump), args.repeat)
             admin(conn, "DELETE FROM embedding_backfills.change_log")
             admin(conn, f"UPDATE {TABLE} SET body = body || '!' WHERE id <= 10000")
-            read = timed(lambda: pending_changes(conn, space, 10_000), args.repeat)
+            read = timed(lambda: pending_changes(conn, space, key_type, 10_000), args.repeat)
     finally:
         server.cleanup()
         shutil.rmtree(pgdata, ignore_errors=True)

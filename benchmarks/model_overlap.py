@@ -71,7 +71,7 @@ def main() -> None:
             for i, text in enumerate(texts, start=1):
                 copy.write_row((i, text))
         prepare_target_column(conn, space, provider)
-    stats = embed_range(space, provider, 0, 10**9, database_url=url)
+    stats = embed_range(space, provider, database_url=url)
     partition = stats.rows_embedded / stats.seconds
     server.cleanup()
 

@@ -197,6 +197,15 @@ class SpaceConfig(_Strict):
         default=None,
         description="SQL expression over the table's columns; trusted configuration, like a view",
     )
+    where: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Row filter: a boolean SQL expression over the table's columns, e.g. "
+            "`deleted_at IS NULL` (trusted configuration, like text_sql). Rows outside it are "
+            "treated like rows without text: no vector, not missing"
+        ),
+    )
     target_column: str
     model: ModelConfig
     batch_size: int = Field(default=128, gt=0, le=10_000)

@@ -30,12 +30,8 @@ def test_every_non_empty_row_gets_a_vector_of_the_configured_dimension(
     assert target["column_created"] is True
     assert target["registry_status"] == "building"
     keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
-    # ids 1..1200 in ranges of 500: three partitions, fixed width, text order = numeric order
-    assert keys == [
-        "0000000000000000000-0000000000000000499",
-        "0000000000000000500-0000000000000000999",
-        "0000000000000001000-0000000000000001499",
-    ]
+    # ids 1..1200, 500 rows a partition: <seq>_<first key>, text order = key order
+    assert keys == ["00000_min", "00001_501", "00002_1001"]
 
     runs = materialize_partitions(space, dagster_instance)
 
@@ -107,12 +103,23 @@ def test_new_rows_get_new_partitions_and_old_ones_stay(
     create_docs(conn, 400)
     space = make_space()
     materialize_target(space, dagster_instance)
+    name = id_range_partitions_name(space)
+    assert dagster_instance.get_dynamic_partitions(name) == ["00000_min"]
+    # fewer new rows than a partition holds: the last range (open above) takes them
     conn.execute("INSERT INTO docs SELECT g, 'late row ' || g FROM generate_series(5000, 5010) g")
+    assert materialize_target(space, dagster_instance)["partitions_added"] == 0
+    # a partition's worth: a range of their own, starting at the first new key
+    conn.execute("INSERT INTO docs SELECT g, 'later row ' || g FROM generate_series(6000, 6600) g")
     meta = materialize_target(space, dagster_instance)
     assert meta["partitions_added"] == 1
-    keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
-    assert keys[-1] == "0000000000000005000-0000000000000005499"
-    assert len(keys) == 2  # empty ranges between 500 and 4999 get no partition
+    assert sorted(dagster_instance.get_dynamic_partitions(name)) == ["00000_min", "00001_5000"]
+    # no row the first range covered moved: it ends where the new keys begin
+    bounds = conn.execute(
+        "SELECT partition_key, lower_bound, upper_bound FROM embedding_backfills.key_ranges"
+        " WHERE space = %s ORDER BY seq",
+        (space.name,),
+    ).fetchall()
+    assert bounds == [("00000_min", None, "5000"), ("00001_5000", "5000", None)]
 
 
 def test_wide_vectors_take_the_out_of_line_write_path(

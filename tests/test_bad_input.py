@@ -81,15 +81,44 @@ def test_missing_id_column(conn: psycopg.Connection) -> None:
     assert_refused(conn, prepare(conn, id_column="doc_id"), DatabaseError, "'doc_id'")
 
 
-@pytest.mark.parametrize("key_type", ["uuid", "text", "numeric"])
-def test_non_integer_key(conn: psycopg.Connection, key_type: str) -> None:
+SUPPORTED_KEYS = "smallint, integer, bigint, uuid, text, varchar or char"
+
+
+@pytest.mark.parametrize(
+    "key_type", ["numeric", "double precision", "jsonb", "timestamp with time zone"]
+)
+def test_unsupported_key_type(conn: psycopg.Connection, key_type: str) -> None:
     conn.execute(f"CREATE TABLE docs (id {key_type} PRIMARY KEY, body text)")
-    assert_refused(conn, prepare(conn), DatabaseError, "integer key", "smallint, integer or bigint")
+    assert_refused(conn, prepare(conn), DatabaseError, f"is {key_type}", SUPPORTED_KEYS)
 
 
 def test_key_without_unique_index(conn: psycopg.Connection) -> None:
     conn.execute("CREATE TABLE docs (id bigint, body text)")
     assert_refused(conn, prepare(conn), DatabaseError, "no primary key or unique index")
+
+
+def test_part_of_a_composite_key(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TABLE docs (tenant int, id bigint, body text, PRIMARY KEY (tenant, id))")
+    assert_refused(conn, prepare(conn), DatabaseError, "composite key", "one unique column")
+
+
+def test_key_with_only_a_partial_unique_index(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TABLE docs (id bigint, body text, deleted boolean)")
+    conn.execute("CREATE UNIQUE INDEX docs_live_id ON docs (id) WHERE NOT deleted")
+    assert_refused(conn, prepare(conn), DatabaseError, "partial unique index")
+
+
+def test_where_that_is_not_boolean(conn: psycopg.Connection) -> None:
+    create_docs(conn, 20)
+    action = prepare(conn, where="length(body)")
+    assert_refused(conn, action, DatabaseError, "where is not a boolean expression", "boolean")
+
+
+def test_where_cannot_smuggle_a_second_statement(conn: psycopg.Connection) -> None:
+    create_docs(conn, 20)
+    action = prepare(conn, where="true; DROP TABLE docs; --")
+    assert_refused(conn, action, DatabaseError, "where is not a boolean expression")
+    assert conn.execute("SELECT to_regclass('docs')").fetchone()[0] is not None
 
 
 def test_text_sql_that_does_not_compile(conn: psycopg.Connection) -> None:
@@ -142,7 +171,7 @@ def test_embedding_refuses_a_column_of_another_model(conn: psycopg.Connection, d
     other = make_space(name=space.name, model={"name": "another-model"})
     before = conn.execute("SELECT count(emb) FROM docs").fetchone()
     with pytest.raises(SpaceConflictError):
-        embed_range(other, build_provider(other.model), 0, 10**6, database_url=db_url)
+        embed_range(other, build_provider(other.model), database_url=db_url)
     assert conn.execute("SELECT count(emb) FROM docs").fetchone() == before == (0,)
 
 
@@ -150,7 +179,7 @@ def test_embedding_before_the_column_exists(conn: psycopg.Connection, db_url: st
     create_docs(conn, 20)
     space = make_space()
     with pytest.raises(DatabaseError, match="target_column first"):
-        embed_range(space, build_provider(space.model), 0, 100, database_url=db_url)
+        embed_range(space, build_provider(space.model), database_url=db_url)
 
 
 def test_index_on_target_column_is_refused_then_dropped_on_request(
@@ -165,7 +194,7 @@ def test_index_on_target_column_is_refused_then_dropped_on_request(
         conn, lambda: prepare_target_column(conn, space, provider), SpaceConflictError, "~100x"
     )
     with pytest.raises(SpaceConflictError, match="docs_emb_hnsw"):
-        embed_range(space, provider, 0, 100, database_url=db_url)
+        embed_range(space, provider, database_url=db_url)
     result = prepare_target_column(conn, space, provider, drop_index=True)
     assert result.dropped_indexes == ["docs_emb_hnsw"]
     assert conn.execute("SELECT to_regclass('docs_emb_hnsw')").fetchone()[0] is None
@@ -280,7 +309,7 @@ def test_identifiers_are_quoted_not_formatted(conn: psycopg.Connection, db_url: 
     )
     provider = build_provider(space.model)
     prepare_target_column(conn, space, provider)
-    stats = embed_range(space, provider, 0, 10, database_url=db_url)
+    stats = embed_range(space, provider, database_url=db_url)
     assert stats.rows_embedded == 2
     count = conn.execute(
         sql.SQL("SELECT count({}) FROM {}").format(

@@ -12,6 +12,7 @@ import pytest
 from conftest import create_docs, make_space, non_empty_count
 
 from embedding_assets.pipeline.backfill import RangeStats, embed_range
+from embedding_assets.pipeline.partitions import KeyRange
 from embedding_assets.pipeline.target import prepare_target_column
 from embedding_assets.providers import EmbeddingBatch, build_provider
 from embedding_assets.providers.hash import HashProvider
@@ -27,22 +28,23 @@ class SlowHash(HashProvider):
 
 @pytest.mark.parametrize(
     ("first_range", "second_range"),
-    [((0, 1499), (0, 1499)), ((0, 999), (500, 1499))],  # same range; overlapping groupings
+    [((None, None), (None, None)), ((None, "1001"), ("501", None))],  # same; overlapping
 )
 def test_overlapping_runs_do_not_embed_a_row_twice(
     conn: psycopg.Connection,
     db_url: str,
     caplog: pytest.LogCaptureFixture,
-    first_range: tuple[int, int],
-    second_range: tuple[int, int],
+    first_range: tuple[str | None, str | None],
+    second_range: tuple[str | None, str | None],
 ) -> None:
     create_docs(conn, 1400)
     space = make_space(partition_size=500, batch_size=50)
     prepare_target_column(conn, space, build_provider(space.model))
     results: list[RangeStats] = []
 
-    def run(bounds: tuple[int, int]) -> None:
-        results.append(embed_range(space, SlowHash(space.model), *bounds, database_url=db_url))
+    def run(bounds: tuple[str | None, str | None]) -> None:
+        key_range = KeyRange(*bounds)
+        results.append(embed_range(space, SlowHash(space.model), key_range, database_url=db_url))
 
     with caplog.at_level(logging.INFO):
         one = threading.Thread(target=run, args=(first_range,))

@@ -103,7 +103,7 @@ def test_a_backfill_run_over_a_partition_range(
     result = run_asset(space, dagster_instance, "embeddings", tags=tags)
     meta = metadata_of(result, embeddings_key(space))
     assert meta["partitions_in_run"] == 3
-    assert meta["id_range"] == "0..1499"
+    assert meta["key_range"] == "[-inf, +inf)"
     assert meta["rows_scanned"] == 1400
     materialized = dagster_instance.get_materialized_partitions(embeddings_key(space))
     assert materialized == set(keys)

@@ -100,9 +100,10 @@ def test_new_rows_add_partitions_and_request_their_runs(
         "INSERT INTO docs SELECT g, 'new document ' || g FROM generate_series(1201, 1700) g"
     )
     second = tick(space, dagster_instance, first.cursor)
-    keys = [f"{a:019d}-{a + 499:019d}" for a in (1000, 1500)]
+    # a partition's worth of new keys above the last range's: a range of their own
+    keys = ["00003_1201"]
     assert requested(second) == keys
-    assert [r.partition_keys for r in second.dynamic_partitions_requests] == [keys[1:]]  # type: ignore[union-attr]
+    assert [r.partition_keys for r in second.dynamic_partitions_requests] == [keys]  # type: ignore[union-attr]
     assert second.asset_events == []  # verdicts unchanged: nothing recorded again
     apply(second, space, dagster_instance)
     assert missing(conn) == 0
@@ -125,7 +126,7 @@ def test_edited_text_requests_its_partition_once(
     due = json.loads(start.cursor)  # type: ignore[arg-type]
     due["last_start"] -= 2 * 86400  # the sweep that started two days ago: one is due
     found = tick(space, dagster_instance, json.dumps(due), sweep=True)
-    assert requested(found) == ["0000000000000000500-0000000000000000999"]
+    assert requested(found) == ["00001_501"]
     (run,) = found.run_requests  # type: ignore[misc]
     # the same drift found by the next sweep gets the same run key: Dagster launches it once
     due["last_start"] -= 86400
@@ -145,8 +146,8 @@ def test_sweep_is_bounded_per_tick_and_skips_unmaterialized_partitions(
         conn, dagster_instance, 1400, drift={"sweep_rows_per_tick": 500, "sensor_status": "stopped"}
     )
     conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE id IN (3, 1203)")
-    conn.execute("INSERT INTO docs SELECT g, 'late ' || g FROM generate_series(1600, 1610) g")
-    materialize_target(space, dagster_instance)  # adds 1500-1999, not materialized yet
+    conn.execute("INSERT INTO docs SELECT g, 'late ' || g FROM generate_series(1600, 2099) g")
+    materialize_target(space, dagster_instance)  # adds 00003_1600, not materialized yet
 
     cursor, runs, ticks = None, [], 0
     while True:
@@ -154,16 +155,13 @@ def test_sweep_is_bounded_per_tick_and_skips_unmaterialized_partitions(
         ticks += 1
         runs += requested(result)
         cursor = result.cursor
-        if json.loads(cursor)["next_id"] is None:  # type: ignore[arg-type]
+        if json.loads(cursor)["next_seq"] is None:  # type: ignore[arg-type]
             break
-    # windows of 500 rows end on partition boundaries: 1-499 (the cut-off id 500 starts the
-    # next window), 500-999, then 1000-1610 (fewer rows than the limit: the table's end)
+    # windows of whole partitions until 500 rows: 00000 (500 rows), 00001 (500), then
+    # 00002 (400) and 00003 (500), the table's end; 00003 is left to its backfill
     assert ticks == 3
-    assert runs == [
-        "0000000000000000000-0000000000000000499",
-        "0000000000000001000-0000000000000001499",
-    ]
-    assert json.loads(cursor)["rows_scanned"] == 1411  # type: ignore[arg-type]
+    assert runs == ["00000_min", "00002_1001"]
+    assert json.loads(cursor)["rows_scanned"] == 1900  # type: ignore[arg-type]
 
 
 def test_cron_decides_when_the_next_sweep_starts() -> None:
@@ -187,7 +185,7 @@ def test_change_log_requests_exactly_the_changed_partitions(
     conn.execute("UPDATE docs SET body = body WHERE id = 600")  # same text: not a change
     assert changelog_status(conn, space).pending == 2
     found = tick(space, dagster_instance, first.cursor)
-    assert requested(found) == ["0000000000000000000-0000000000000000499"]
+    assert requested(found) == ["00000_min"]
     apply(found, space, dagster_instance)
     assert missing(conn) == 0
     # our own vector writes do not touch the text: they log nothing
@@ -206,20 +204,20 @@ def test_inserts_edits_and_a_blanked_text_request_exactly_the_partitions_they_to
 ) -> None:
     """New rows only in a new range: the range that held the highest id has no new row and
     gets no run (on a table of 1,000 partitions a wrong request per tick adds up)."""
-    space, _ = embedded_docs(conn, dagster_instance, 1200)  # highest id 1200, in 1000-1499
+    space, _ = embedded_docs(conn, dagster_instance, 1200)  # highest id 1200, in 00002_1001
     install_changelog(conn, space)
     first = tick(space, dagster_instance, None)
 
     conn.execute(
-        "INSERT INTO docs SELECT g, 'new document ' || g FROM generate_series(1600, 1650) g"
+        "INSERT INTO docs SELECT g, 'new document ' || g FROM generate_series(1600, 2100) g"
     )
     conn.execute("UPDATE docs SET body = body || ' v2' WHERE id = 11")
     conn.execute("UPDATE docs SET body = '' WHERE id = 12")
     found = tick(space, dagster_instance, first.cursor)
 
     assert requested(found) == [
-        "0000000000000000000-0000000000000000499",  # the edit and the blanked text
-        "0000000000000001500-0000000000000001999",  # the new rows
+        "00000_min",  # the edit and the blanked text
+        "00003_1600",  # the new rows, a range of their own
     ]
     apply(found, space, dagster_instance)
     assert missing(conn) == 0
@@ -241,7 +239,7 @@ def test_change_log_watches_the_columns_text_sql_reads(
     conn.execute("INSERT INTO docs VALUES (51, 'x', 'y', 0)")
     assert conn.execute(
         "SELECT array_agg(row_id ORDER BY change_id) FROM embedding_backfills.change_log"
-    ).fetchone() == ([5, 51],)
+    ).fetchone() == (["5", "51"],)  # keys of any type are logged as text
 
 
 def test_exact_ranges_never_cover_an_id_not_given() -> None:

@@ -31,7 +31,7 @@ CHILD = textwrap.dedent(
             return super()._embed(texts)
 
     space = parse_config({"spaces": [%(space)s]}).spaces[0]
-    embed_range(space, SlowHash(space.model), 0, 10**9, database_url=sys.argv[1])
+    embed_range(space, SlowHash(space.model), database_url=sys.argv[1])
     """
 )
 
@@ -71,7 +71,7 @@ def test_killed_run_resumes_without_redoing_committed_batches(
     ).fetchone()[0]
     assert torn == 0
 
-    stats = embed_range(space, provider, 0, 10**9, database_url=db_url)
+    stats = embed_range(space, provider, database_url=db_url)
 
     assert stats.rows_embedded == expected - done_before  # only what was not committed
     assert stats.rows_skipped == done_before

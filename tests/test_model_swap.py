@@ -9,6 +9,7 @@ from openai_server import FakeEmbeddingsServer
 
 from embedding_assets.errors import SpaceConflictError
 from embedding_assets.pipeline.backfill import embed_range
+from embedding_assets.pipeline.partitions import KeyRange
 from embedding_assets.pipeline.target import prepare_target_column
 from embedding_assets.providers import build_provider
 
@@ -32,7 +33,7 @@ def test_openai_compatible_endpoint_end_to_end(conn: psycopg.Connection, db_url:
         space = _space(server.base_url)
         provider = build_provider(space.model)
         prepare_target_column(conn, space, provider)
-        stats = embed_range(space, provider, 0, 10**6, database_url=db_url)
+        stats = embed_range(space, provider, database_url=db_url)
     assert stats.rows_embedded == non_empty_count(conn)
     assert stats.tokens and stats.tokens > 0
     assert conn.execute(
@@ -51,7 +52,7 @@ def test_a_swapped_model_behind_the_same_name_is_refused(
         space = _space(server.base_url)
         provider = build_provider(space.model)
         prepare_target_column(conn, space, provider)
-        embed_range(space, provider, 0, 99, database_url=db_url)
+        embed_range(space, provider, KeyRange(None, "100"), database_url=db_url)
     written = conn.execute("SELECT count(emb), sum(xmin::text::bigint) FROM docs").fetchone()
 
     # Same name, same dimension, same identity: only the vectors differ.
@@ -60,7 +61,7 @@ def test_a_swapped_model_behind_the_same_name_is_refused(
         provider_b = build_provider(space_b.model)
         assert provider_b.identity == provider.identity
         with pytest.raises(SpaceConflictError, match="another model under the same name"):
-            embed_range(space_b, provider_b, 0, 10**6, database_url=db_url)
+            embed_range(space_b, provider_b, database_url=db_url)
         with pytest.raises(SpaceConflictError, match="min cosine"):
             prepare_target_column(conn, space_b, provider_b)
 

@@ -108,7 +108,7 @@ def test_above_2000_dims_the_index_is_on_halfvec(conn: psycopg.Connection, db_ur
     space = make_space(model={"dimensions": 2048})
     provider = build_provider(space.model)
     prepare_target_column(conn, space, provider)
-    embed_range(space, provider, 0, 10**6, database_url=db_url)
+    embed_range(space, provider, database_url=db_url)
 
     result = build_hnsw_index(conn, space)
 

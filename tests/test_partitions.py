@@ -1,4 +1,4 @@
-"""Id-range partition keys and the discovery of occupied ranges."""
+"""Partition keys of the recorded key ranges, progress lines, keys typed by hand."""
 
 from __future__ import annotations
 
@@ -10,50 +10,34 @@ from conftest import create_docs, make_space, materialize_target, run_asset
 from dagster import DagsterEventType, DagsterInstance
 
 from embedding_assets.defs.partitions import id_range_partitions_name
-from embedding_assets.errors import DatabaseError
-from embedding_assets.pipeline.partitions import IdRange, is_current_key, occupied_ranges
+from embedding_assets.pipeline.partitions import recorded_ranges
 from embedding_assets.pipeline.progress import Progress
+from embedding_assets.pipeline.target import prepare_target_column
+from embedding_assets.providers import build_provider
 
 
-def test_text_order_is_numeric_order() -> None:
-    ranges = [IdRange(b * 1000, b * 1000 + 999) for b in (0, 2, 9, 10, 11, 100, 12345)]
-    keys = [r.key(10) for r in ranges]
-    assert sorted(keys) == keys
-    assert [IdRange.from_key(k) for k in keys] == ranges
-    assert IdRange.span([keys[1], keys[3]]) == IdRange(2000, 10999)
+def test_partition_keys_sort_in_key_order_and_are_legal_dagster_keys(
+    conn: psycopg.Connection,
+) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g * 37 - 100000, 'x' FROM generate_series(1, 3000) g")
+    space = make_space(partition_size=100)
+    prepare_target_column(conn, space, build_provider(space.model))
+    keys = [r.partition_key for r in recorded_ranges(conn, space)]
+    assert len(keys) == 30 and keys == sorted(keys)
+    assert keys[:2] == ["00000_min", "00001_-96263"]  # readable: the range's first key
     assert not any(c in k for k in keys for c in ",[]*") and "..." not in "".join(keys)
 
 
-def test_keys_of_an_earlier_layout_are_recognised() -> None:
-    assert is_current_key("0000001000-0000001999", 10, 1000)
-    assert not is_current_key("0000001000-0000001999", 19, 1000)  # key type changed
-    assert not is_current_key("0000001000-0000001499", 10, 1000)  # partition_size changed
-    assert not is_current_key("not-a-key", 10, 1000)
-
-
-def test_only_occupied_ranges_become_partitions(conn: psycopg.Connection) -> None:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    conn.execute(
-        "INSERT INTO docs SELECT g, 'x' FROM unnest(ARRAY[3, 4, 999, 1000, 250000, 250001]) g"
-    )
-    space = make_space(partition_size=1000)
-    assert occupied_ranges(conn, space) == [
-        IdRange(0, 999),
-        IdRange(1000, 1999),
-        IdRange(250000, 250999),
-    ]
-
-
-def test_empty_table_has_no_partitions(conn: psycopg.Connection) -> None:
+def test_an_empty_table_has_one_range_for_every_key(conn: psycopg.Connection) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    assert occupied_ranges(conn, make_space()) == []
-
-
-def test_negative_ids_are_refused(conn: psycopg.Connection) -> None:
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (-5, 'x'), (1, 'y')")
-    with pytest.raises(DatabaseError, match="negative ids"):
-        occupied_ranges(conn, make_space())
+    space = make_space()
+    prepare_target_column(conn, space, build_provider(space.model))
+    assert [(r.lower, r.upper) for r in recorded_ranges(conn, space)] == [(None, None)]
+    # rows arriving later are laid out afresh: nothing was covered
+    conn.execute("INSERT INTO docs SELECT g, 'x' FROM generate_series(1, 1200) g")
+    result = prepare_target_column(conn, space, build_provider(space.model))
+    assert result.partition_keys == ["00000_min", "00001_501", "00002_1001"]
 
 
 def test_progress_reports_rows_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
@@ -71,9 +55,9 @@ def test_progress_reports_rows_rate_and_eta(caplog: pytest.LogCaptureFixture) ->
     "typed",
     [
         "hello",  # not a range at all
-        "0000000000000000000-0000000000000000999",  # two partitions wide (size 500)
-        "0000000000000000100-0000000000000000599",  # straddles two partitions
-        "0000000000-0000000499",  # the width of an integer key, on a bigint table
+        "0000000000000000000-0000000000000000499",  # a key of the old fixed-width layout
+        "00001_500",  # the shape of a key, but not a recorded range
+        "00009_min",  # a sequence number the layout does not have
     ],
 )
 def test_a_partition_key_typed_in_the_launch_dialog_fails_at_once_and_is_removed(
@@ -95,7 +79,7 @@ def test_a_partition_key_typed_in_the_launch_dialog_fails_at_once_and_is_removed
     assert DagsterEventType.STEP_UP_FOR_RETRY not in types  # no step retry, no 60 s wait
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.user_failure_data.description  # type: ignore[union-attr]
-    assert repr(typed) in message and "partition_size (500)" in message
-    assert "0000000000000000000-0000000000000000499" in message  # an example of a real key
+    assert repr(typed) in message and "not key ranges of space" in message
+    assert "e.g. 00000_min" in message  # an example of a real key
     assert set(dagster_instance.get_dynamic_partitions(name)) == known
     assert conn.execute("SELECT count(emb) FROM docs").fetchone() == (0,)

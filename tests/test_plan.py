@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from embedding_assets.cli import app
 from embedding_assets.config import SpaceConfig
 from embedding_assets.pipeline.backfill import embed_range
+from embedding_assets.pipeline.partitions import KeyRange
 from embedding_assets.pipeline.target import prepare_target_column
 from embedding_assets.providers import build_provider
 from embedding_assets.reports.storage import estimate_storage
@@ -76,6 +77,9 @@ def run_plan(
     runner = CliRunner()
     as_json = runner.invoke(app, ["plan", space.name, "--json", *args])
     human = runner.invoke(app, ["plan", space.name, *args])
+    assert as_json.exception is None or isinstance(as_json.exception, SystemExit), repr(
+        as_json.exception
+    )
     assert as_json.exit_code == human.exit_code, human.output
     return as_json.exit_code, json.loads(as_json.stdout), human.output
 
@@ -161,7 +165,8 @@ def test_plan_counts_done_and_stale_rows_of_a_partly_embedded_table(
     space = make_space(partition_size=500)
     provider = build_provider(space.model)
     prepare_target_column(conn, space, provider)
-    embed_range(space, provider, 0, 499, database_url=db_url)  # the first partition only
+    first = KeyRange(None, "500")  # ids below 500, not a whole partition
+    embed_range(space, provider, first, database_url=db_url)
     conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE id = 7")  # now stale
     before = snapshot(conn)
 

@@ -131,7 +131,7 @@ def test_killed_run_workers_free_their_pool_slots_and_their_runs_are_retried(
         killed = wait_for_started_runs(dev, dagster_instance, backfill_id, 2)
         for run_id in killed:
             kill_run_worker(dagster_instance, run_id)
-        status = dev.wait_for_backfill(backfill_id, timeout=300)
+        status = dev.wait_for_backfill(backfill_id, timeout=420)
         assert status in SUCCESSFUL_BACKFILL_STATUSES, dev.describe_backfill(backfill_id)
 
     for run_id in killed:
@@ -163,7 +163,7 @@ def test_runs_left_started_by_a_killed_dagster_dev_are_failed_and_retried_after_
         assert dagster_instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED  # type: ignore[union-attr]
 
     with running_dagster_dev(env, tmp_path, instance_overrides=FAST_MONITORING) as dev:
-        status = dev.wait_for_backfill(backfill_id, timeout=300)
+        status = dev.wait_for_backfill(backfill_id, timeout=420)
         assert status in SUCCESSFUL_BACKFILL_STATUSES, dev.describe_backfill(backfill_id)
 
     for run_id in orphaned:

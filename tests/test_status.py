@@ -59,6 +59,7 @@ def test_status_after_embedding_part_of_a_table(
     assert status["rows"] == {
         "total": 1200,
         "with_text": with_text,
+        "outside_filter": 0,
         "embedded": embedded,
         "missing": with_text - embedded,
         "stale": 1,

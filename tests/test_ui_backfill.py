@@ -109,7 +109,7 @@ def test_partition_runs_execute_in_parallel_through_the_daemon(
     space = make_space(partition_size=500, partitions_per_run=1, batch_size=100)
     materialize_target(space, dagster_instance)
     keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
-    assert len(keys) == 7
+    assert len(keys) == 6
     config = write_spaces_config(tmp_path / "embedding_backfills.yaml", space)
     embeddings = AssetKey([space.name, "embeddings"])
 

@@ -21,8 +21,10 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import INTEGER_TYPES, column_info, relation, space_sql
+from ..db.introspect import column_info, relation, space_sql
+from ..db.keys import inspect_key
 from ..errors import DatabaseError
+from ..pipeline.partitions import layout_exists, partition_of
 
 NORM_TOLERANCE = 1e-3
 EXAMPLE_IDS = 5
@@ -49,13 +51,6 @@ class ColumnReport:
         return all(v.passed for v in self.verdicts.values())
 
 
-def _partition_keys(buckets: list[int] | None, size: int, digits: int) -> list[str]:
-    return [
-        f"{b * size:0{digits}d}-{b * size + size - 1:0{digits}d}"
-        for b in sorted(buckets or [])[:MAX_PARTITION_KEYS]
-    ]
-
-
 def evaluate_column(
     conn: psycopg.Connection, space: SpaceConfig, model_key: int, *, provenance: bool = True
 ) -> ColumnReport:
@@ -69,9 +64,8 @@ def evaluate_column(
     if table_oid is None:
         raise DatabaseError(f"space {space.name!r}: table {space.table} does not exist")
     target = column_info(conn, table_oid[0], space.target_column)
-    id_col = column_info(conn, table_oid[0], space.id_column)
-    assert target is not None and id_col is not None
-    digits = INTEGER_TYPES.get(id_col.type_name, 19)
+    assert target is not None
+    key = inspect_key(conn, space, table_oid[0])
     dims = space.model.dimensions
 
     # MATERIALIZED: each row's hash, dims and norm are computed (and its vector detoasted)
@@ -102,7 +96,8 @@ def evaluate_column(
                (array_agg(id ORDER BY id) FILTER (WHERE bad_dims))[1:%(n)s],
                count(*) FILTER (WHERE missing), count(*) FILTER (WHERE stale),
                count(*) FILTER (WHERE orphan),
-               array_agg(DISTINCT id / %(size)s) FILTER (WHERE missing OR stale OR orphan),
+               (array_agg(DISTINCT {partition})
+                   FILTER (WHERE missing OR stale OR orphan))[1:%(max_keys)s],
                (array_agg(id ORDER BY id) FILTER (WHERE missing OR stale OR orphan))[1:%(n)s],
                count(*) FILTER (WHERE other_model),
                (array_agg(id ORDER BY id) FILTER (WHERE other_model))[1:%(n)s],
@@ -120,6 +115,10 @@ def evaluate_column(
         hc_expr=sql.SQL("t.{}").format(sql.Identifier(space.text_hash_column))
         if provenance
         else sql.SQL("h.h"),
+        # only failing rows are mapped (FILTER), each with one probe of the layout
+        partition=partition_of(key, space, sql.SQL("id"))
+        if layout_exists(conn)
+        else sql.SQL("NULL::text"),
         **space_sql(space),
     )
     row = conn.execute(
@@ -130,14 +129,18 @@ def evaluate_column(
             "normalize": space.model.normalize,
             "tol": NORM_TOLERANCE,
             "n": EXAMPLE_IDS,
-            "size": space.partition_size,
+            "max_keys": MAX_PARTITION_KEYS,
         },
     ).fetchone()
     assert row is not None
     # DISTINCT aggregates sort their input: only the (few) failing rows go through them.
     (rows, with_text, vectors, bad_dims, other_dims, bad_dim_ids, missing, stale, orphan,
-     rerun_buckets, rerun_ids, other, other_ids, foreign_keys, ours, zero, not_unit,
+     rerun_partitions, rerun_ids, other, other_ids, foreign_keys, ours, zero, not_unit,
      insane_ids, min_norm, max_norm) = row  # fmt: skip
+
+    def ids(values: list[object] | None) -> list[int | str]:
+        return [key.for_metadata(v) for v in values or []]
+
     dims_seen = sorted(set(other_dims or []) | ({dims} if vectors > bad_dims else set()))
     model_keys = foreign_keys + (1 if ours else 0)
 
@@ -158,7 +161,7 @@ def evaluate_column(
                 "configured_dimension": dims,
                 "dimensions_found": dims_seen,
                 "vectors_wrong_dimension": bad_dims,
-                "example_ids": list(bad_dim_ids or []),
+                "example_ids": ids(bad_dim_ids),
             },
         ),
         "complete": CheckVerdict(
@@ -174,8 +177,8 @@ def evaluate_column(
                 "rows_missing": missing,
                 "rows_stale": stale,
                 "vectors_without_text": orphan,
-                "partitions_to_rerun": _partition_keys(rerun_buckets, space.partition_size, digits),
-                "example_ids": list(rerun_ids or []),
+                "partitions_to_rerun": [k for k in rerun_partitions or [] if k is not None],
+                "example_ids": ids(rerun_ids),
             },
         ),
         "one_model": CheckVerdict(
@@ -188,7 +191,7 @@ def evaluate_column(
                 "model_key": str(model_key),
                 "vectors_other_model": other,
                 "distinct_model_keys": model_keys,
-                "example_ids": list(other_ids or []),
+                "example_ids": ids(other_ids),
             },
         ),
         "sane_vectors": CheckVerdict(
@@ -201,7 +204,7 @@ def evaluate_column(
                 "not_unit_norm": not_unit,
                 "min_norm": float(min_norm) if min_norm is not None else None,
                 "max_norm": float(max_norm) if max_norm is not None else None,
-                "example_ids": list(insane_ids or []),
+                "example_ids": ids(insane_ids),
             },
         ),
     }

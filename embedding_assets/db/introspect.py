@@ -12,8 +12,7 @@ from psycopg import sql
 
 from ..config import SpaceConfig
 from ..errors import DatabaseError, SpaceConflictError
-
-INTEGER_TYPES = {"int2": 5, "int4": 10, "int8": 19}  # type -> digits of its max value
+from .keys import KeyType, inspect_key
 
 
 @dataclass(frozen=True)
@@ -36,13 +35,9 @@ class TableInfo:
     oid: int
     schema: str
     name: str
-    id_column: ColumnInfo
+    key: KeyType
     target: ColumnInfo | None
     provenance_present: bool
-
-    @property
-    def key_digits(self) -> int:
-        return INTEGER_TYPES[self.id_column.type_name]
 
     @property
     def qualified(self) -> sql.Composed:
@@ -73,14 +68,20 @@ def space_sql(space: SpaceConfig) -> dict[str, sql.Composable]:
 def text_hash_join(space: SpaceConfig) -> sql.Composed:
     """Joins that give every row of `t` its text (`x.txt`) and text hash (`h.h`).
 
-    The hash is NULL for NULL or blank text: such a row needs no vector. Reader, checks and
+    The hash is NULL for NULL or blank text, and for rows outside the space's `where`
+    filter: such a row needs no vector, and a vector it has is cleared. Reader, checks and
     drift sweep all decide "done", "stale" and "missing" from this one definition.
     """
+    outside = (
+        sql.SQL("NOT coalesce(({}), false) OR ").format(sql.SQL(space.where))  # type: ignore[arg-type]
+        if space.where is not None
+        else sql.SQL("")
+    )
     return sql.SQL(
         "CROSS JOIN LATERAL (SELECT {text} AS txt) AS x"
-        " CROSS JOIN LATERAL (SELECT CASE WHEN btrim(x.txt, E' \\t\\r\\n') = '' THEN NULL"
-        " ELSE sha256(convert_to(x.txt, 'UTF8')) END AS h) AS h"
-    ).format(text=text_expression(space))
+        " CROSS JOIN LATERAL (SELECT CASE WHEN {outside}btrim(x.txt, E' \\t\\r\\n') = ''"
+        " THEN NULL ELSE sha256(convert_to(x.txt, 'UTF8')) END AS h) AS h"
+    ).format(text=text_expression(space), outside=outside)
 
 
 def text_expression(space: SpaceConfig) -> sql.Composable:
@@ -147,51 +148,15 @@ def inspect_table(conn: psycopg.Connection, space: SpaceConfig) -> TableInfo:
             "into a new column, which needs a plain or partitioned table"
         )
 
-    id_col = column_info(conn, oid, space.id_column)
-    if id_col is None:
-        raise DatabaseError(
-            f"{where}: id_column {space.id_column!r} is not a column of {space.table}"
-        )
-    if id_col.type_name not in INTEGER_TYPES:
-        raise DatabaseError(
-            f"{where}: id_column {space.id_column!r} is {id_col.formatted}; partitions are ranges "
-            "of an integer key (smallint, integer or bigint). Add an integer identity column "
-            "and point id_column at it"
-        )
-    unique = conn.execute(
-        "SELECT 1 FROM pg_index i JOIN pg_attribute a"
-        " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-        " WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1 AND a.attname = %s"
-        " AND i.indpred IS NULL",
-        (oid, space.id_column),
-    ).fetchone()
-    if not unique:
-        raise DatabaseError(
-            f"{where}: id_column {space.id_column!r} has no primary key or unique index; rows "
-            "are written by key, so the key must be unique: ALTER TABLE ... ADD PRIMARY KEY"
-        )
+    key = inspect_key(conn, space, oid)
 
-    if space.text_column is not None:
-        if column_info(conn, oid, space.text_column) is None:
-            raise DatabaseError(
-                f"{where}: text_column {space.text_column!r} is not a column of {space.table}"
-            )
-    else:
-        try:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute("SET TRANSACTION READ ONLY")
-                # Parameters force the extended protocol: one statement, no stacked queries.
-                cur.execute(
-                    sql.SQL("SELECT {} FROM {} WHERE false AND %s").format(
-                        text_expression(space), table_ident(space)
-                    ),
-                    (True,),
-                )
-        except psycopg.Error as err:
-            raise DatabaseError(
-                f"{where}: text_sql is not a valid expression over {space.table}: "
-                f"{str(err).strip().splitlines()[0]}"
-            ) from None
+    if space.text_column is not None and column_info(conn, oid, space.text_column) is None:
+        raise DatabaseError(
+            f"{where}: text_column {space.text_column!r} is not a column of {space.table}"
+        )
+    for setting, expression in (("text_sql", space.text_sql), ("where", space.where)):
+        if expression is not None:
+            _check_expression(conn, space, setting, expression)
 
     target = column_info(conn, oid, space.target_column)
     if target is not None:
@@ -202,10 +167,38 @@ def inspect_table(conn: psycopg.Connection, space: SpaceConfig) -> TableInfo:
         oid=oid,
         schema=space.schema_name,
         name=space.table_name,
-        id_column=id_col,
+        key=key,
         target=target,
         provenance_present=hash_col is not None and key_col is not None,
     )
+
+
+def _check_expression(
+    conn: psycopg.Connection, space: SpaceConfig, setting: str, expression: str
+) -> None:
+    """`text_sql` or `where` must be one valid expression over the table (`where` a boolean
+    one), checked read-only before anything is written."""
+    # Parameters force the extended protocol: one statement, no stacked queries.
+    query = (
+        sql.SQL("SELECT {} FROM {} WHERE false AND %s").format(
+            text_expression(space), table_ident(space)
+        )
+        if setting == "text_sql"
+        else sql.SQL("SELECT 1 FROM {} WHERE ({}) AND false AND %s").format(
+            table_ident(space),
+            sql.SQL(expression),  # type: ignore[arg-type]
+        )
+    )
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY")
+            cur.execute(query, (True,))
+    except psycopg.Error as err:
+        kind = "a boolean expression" if setting == "where" else "a valid expression"
+        raise DatabaseError(
+            f"space {space.name!r}: {setting} is not {kind} over {space.table}: "
+            f"{str(err).strip().splitlines()[0]}"
+        ) from None
 
 
 def check_target_column(space: SpaceConfig, target: ColumnInfo) -> None:
@@ -227,13 +220,3 @@ def check_target_column(space: SpaceConfig, target: ColumnInfo) -> None:
             f"the model is configured for {dims} dimensions; a column belongs to one vector "
             "space: pick a new target_column for this model (nothing was written)"
         )
-
-
-def id_bounds(conn: psycopg.Connection, space: SpaceConfig) -> tuple[int | None, int | None]:
-    row = conn.execute(
-        sql.SQL("SELECT min({id}), max({id}) FROM {t}").format(
-            id=sql.Identifier(space.id_column), t=table_ident(space)
-        )
-    ).fetchone()
-    assert row is not None
-    return row[0], row[1]

@@ -22,10 +22,9 @@ from dagster import (
 from pydantic import Field
 
 from ..config import ModelConfig, SpaceConfig
-from ..drift.rows import key_digits
 from ..errors import EmbeddingBackfillError, EndpointUnavailableError
 from ..pipeline.backfill import embed_range
-from ..pipeline.partitions import IdRange, is_current_key
+from ..pipeline.partitions import KeyRange, ranges_for_keys, recorded_ranges, span
 from ..pipeline.target import prepare_target_column
 from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions, id_range_partitions_name
@@ -73,29 +72,30 @@ def _model_metadata(space: SpaceConfig, identity_label: str, model_key: int) -> 
     }
 
 
-def reject_unknown_partitions(
+def run_key_range(
     context: AssetExecutionContext, space: SpaceConfig, postgres: PostgresResource
-) -> None:
-    """Fail at once, without retries, on a partition key typed by hand in the launch dialog
-    that is not one of the space's id ranges; remove it so that it does not linger in the
-    partition list (an overlapping range would embed rows twice and confuse the checks)."""
+) -> KeyRange:
+    """The key range of the run's partitions, read from the recorded layout.
+
+    A key typed by hand in the launch dialog is not one of the space's ranges: the run fails
+    at once, without retries, and the key is removed so that it does not linger in the
+    partition list.
+    """
+    keys = list(context.partition_keys)
     with postgres.connect() as conn:
-        digits = key_digits(conn, space)
-    unknown = [
-        k for k in context.partition_keys if not is_current_key(k, digits, space.partition_size)
-    ]
+        ranges, unknown = ranges_for_keys(conn, space, keys)
+        example = next(iter(recorded_ranges(conn, space)), None)
     if not unknown:
-        return
+        return span(ranges)
     name = id_range_partitions_name(space)
     for key in unknown:
         context.instance.delete_dynamic_partition(name, key)
-    example = IdRange(0, space.partition_size - 1).key(digits)
+    hint = f", e.g. {example.partition_key}" if example else ""
     raise Failure(
-        f"partition key(s) {', '.join(repr(k) for k in unknown[:5])} are not id ranges of "
-        f"space {space.name!r}: keys are <first id>-<last id> in steps of partition_size "
-        f"({space.partition_size:,}), {digits} digits each, e.g. {example}. The key(s) were "
-        f"removed; pick existing partitions, or materialize {space.name}/target_column to add "
-        "the ranges of new rows.",
+        f"partition key(s) {', '.join(repr(k) for k in unknown[:5])} are not key ranges of "
+        f"space {space.name!r}: its partitions are laid out by {space.name}/target_column "
+        f"(<number>_<first key>{hint}). The key(s) were removed; pick existing partitions, "
+        f"or materialize {space.name}/target_column to add the ranges of new rows.",
         allow_retries=False,
     )
 
@@ -112,8 +112,8 @@ def build_space_assets(
         kinds={"postgres", "pgvector"},
         description=(
             f"Column {space.table}.{space.target_column} as vector({space.model.dimensions}), "
-            f"registered as space {space.name!r}{description_suffix}; creates the id-range "
-            "partitions covering the table's current ids."
+            f"registered as space {space.name!r}{description_suffix}; lays out the key-range "
+            "partitions (every current and future key in exactly one)."
         ),
     )
     def target_column(
@@ -127,10 +127,9 @@ def build_space_assets(
             result = prepare_target_column(conn, space, provider, drop_index=config.drop_index)
         name = id_range_partitions_name(space)
         known = set(context.instance.get_dynamic_partitions(name))
-        # Keys from an earlier partition_size or key type would overlap the current ones.
-        stale = sorted(
-            k for k in known if not is_current_key(k, result.table.key_digits, space.partition_size)
-        )
+        # Keys the recorded layout does not have (an earlier layout) would overlap its ranges.
+        current = set(result.partition_keys)
+        stale = sorted(k for k in known if k not in current)
         for key in stale:
             context.instance.delete_dynamic_partition(name, key)
         if stale:
@@ -169,8 +168,8 @@ def build_space_assets(
         retry_policy=retry_policy,
         description=(
             f"Vectors in {space.table}.{space.target_column}{description_suffix}, one partition "
-            f"per {space.partition_size:,} ids. Re-running skips rows already embedded from the "
-            "same text by the same model."
+            f"per ~{space.partition_size:,} rows of the key. Re-running skips rows already "
+            "embedded from the same text by the same model."
         ),
     )
     def embeddings(
@@ -178,20 +177,18 @@ def build_space_assets(
         postgres: PostgresResource,
         embedding_models: EmbeddingModelsResource,
     ) -> MaterializeResult:
-        key_range = context.partition_key_range
+        partitions = context.partition_key_range
         try:
-            reject_unknown_partitions(context, space, postgres)
-            ids = IdRange.span([key_range.start, key_range.end])
+            key_range = run_key_range(context, space, postgres)
             provider = embedding_models.provider(space.model)
             context.log.info(
-                f"embedding ids {ids.first}..{ids.last} of {space.table} with "
-                f"{provider.identity.label()} (partitions {key_range.start}..{key_range.end})"
+                f"embedding keys {key_range.describe()} of {space.table} with "
+                f"{provider.identity.label()} (partitions {partitions.start}..{partitions.end})"
             )
             stats = embed_range(
                 space,
                 provider,
-                ids.first,
-                ids.last,
+                key_range,
                 database_url=postgres.url(),
                 logger=context.log,
             )
@@ -207,7 +204,7 @@ def build_space_assets(
         )
         metadata: dict[str, object] = {
             **_model_metadata(space, provider.identity.label(), provider.identity.key),
-            "id_range": f"{ids.first}..{ids.last}",
+            "key_range": key_range.describe(),
             "partitions_in_run": len(context.partition_keys),
             **{k: v for k, v in stats.as_dict().items() if v is not None},
         }

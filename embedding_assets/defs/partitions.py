@@ -1,4 +1,4 @@
-"""Partitions: one dynamic set of id ranges per space, filled by `<name>/target_column`."""
+"""Partitions: one dynamic set of key ranges per space, filled by `<name>/target_column`."""
 
 from __future__ import annotations
 

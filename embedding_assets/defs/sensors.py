@@ -100,7 +100,7 @@ def build_drift_sensors(space: SpaceConfig) -> list[SensorDefinition]:
         target=[embeddings_key(space)],
         description=(
             f"Cheap drift checks of {space.table}.{space.target_column}: configuration and "
-            "column vs registry, model fingerprint (alerts, no runs); new id ranges, new rows "
+            "column vs registry, model fingerprint (alerts, no runs); new key ranges, new rows "
             "and the change log (one run per affected partition)."
         ),
     )

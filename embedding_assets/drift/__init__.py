@@ -2,7 +2,8 @@
 
 - `identity`: configuration vs registry vs the column's declared type, and the model's
   fingerprint (a silent model swap). Catalog lookups and one 5-text embedding call.
-- `rows`: new rows and new id ranges. One index probe for max(id), one per occupied range.
+- `rows`: new rows and new key ranges. One index probe for the highest key, one scan of
+  the keys above the last range (the layout's extension).
 - `content`: missing and stale vectors, by hashing a bounded window of rows per call.
 - `changelog`: the optional trigger-based change log, the fast path for large tables.
 

@@ -21,9 +21,11 @@ from psycopg import sql
 
 from ..config import SpaceConfig
 from ..db.introspect import inspect_table, relation, table_ident, text_expression
+from ..db.keys import KeyType
 from ..db.migrations import apply_migrations
 from ..db.registry import registry_exists
 from ..errors import DatabaseError
+from ..pipeline.partitions import partition_of
 
 SCHEMA = "embedding_backfills"
 
@@ -166,17 +168,26 @@ def uninstall_changelog(conn: psycopg.Connection, space: SpaceConfig) -> Changel
 
 
 def pending_changes(
-    conn: psycopg.Connection, space: SpaceConfig, limit: int
-) -> list[tuple[int, int]]:
-    """(change id, row id) of the oldest entries of the space, at most `limit`."""
+    conn: psycopg.Connection, space: SpaceConfig, key: KeyType, limit: int
+) -> list[tuple[int, str | None]]:
+    """(change id, partition key) of the oldest entries of the space, at most `limit`.
+
+    The partition is None for a row deleted since (nothing to embed). Keys of every type are
+    logged as text and compared as the key's own type.
+    """
     if not registry_exists(conn) or not _log_exists(conn):
         return []
-    rows = conn.execute(
-        "SELECT change_id, row_id FROM embedding_backfills.change_log WHERE space = %s"
-        " ORDER BY change_id LIMIT %s",
-        (space.name, limit),
-    ).fetchall()
-    return [(int(c), int(r)) for c, r in rows]
+    row = key.cast_text(sql.SQL("c.row_id"))
+    query = sql.SQL(
+        "SELECT c.change_id, CASE WHEN EXISTS (SELECT 1 FROM {t} AS t WHERE {kx} = {row})"
+        " THEN {partition} END"
+        " FROM embedding_backfills.change_log AS c WHERE c.space = %s"
+        " ORDER BY c.change_id LIMIT %s"
+    ).format(
+        t=table_ident(space), kx=key.expr("t"), row=row, partition=partition_of(key, space, row)
+    )
+    rows = conn.execute(query, (space.name, limit)).fetchall()
+    return [(int(c), None if p is None else str(p)) for c, p in rows]
 
 
 def forget_changes(

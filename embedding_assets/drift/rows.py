@@ -1,9 +1,11 @@
-"""New rows: id ranges that have no partition yet, and rows past the last id already seen.
+"""New rows: key ranges without a Dagster partition, and rows past the highest key seen.
 
-Cost: `max(id)` is one index probe; the occupied ranges are a skip scan, one probe per
-range that holds rows (100 probes for 10M rows in ranges of 100k). Neither reads a row.
-Rows inserted with ids below the highest id already seen are not found here: the change log
-or the content sweep finds them.
+The layout is extended first (`layout_ranges`): keys that grow (identity columns, uuid v7)
+get ranges of their own once there are `partition_size` of them. Cost: one index probe for
+the highest key, one ordered scan of the keys above the last range's highest, and one probe
+of the layout per new row found (rows since the last tick). Keys that do not grow (uuid v4,
+nanoid) land in every range, mostly below the highest key seen: the change log finds them
+within one tick, the content sweep otherwise.
 """
 
 from __future__ import annotations
@@ -14,58 +16,59 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import INTEGER_TYPES, column_info, id_bounds, relation, table_ident
-from ..errors import DatabaseError
-from ..pipeline.partitions import IdRange, occupied_ranges
+from ..db.introspect import table_ident
+from ..db.keys import KeyType
+from ..pipeline.partitions import layout_ranges, partition_of, recorded_ranges
+
+# New rows grouped per tick: a bulk insert of millions is found by its ranges, not row by row.
+MAX_NEW_ROWS_PER_TICK = 100_000
 
 
 @dataclass(frozen=True)
 class NewRows:
-    max_id: int | None
-    digits: int
-    unknown: list[IdRange]  # occupied ranges without a Dagster partition
-    grown: list[IdRange]  # ranges holding ids above the last id already seen
-
-    def key(self, partition: IdRange) -> str:
-        return partition.key(self.digits)
+    max_key: str | None  # the highest key now, as text
+    unknown: list[str]  # recorded partitions Dagster does not have yet (new ranges first)
+    grown: list[str]  # partitions holding keys above the highest key seen
 
 
-def key_digits(conn: psycopg.Connection, space: SpaceConfig) -> int:
-    """Width of the space's partition keys (from the id column's type)."""
-    table = relation(conn, space.schema_name, space.table_name)
-    column = column_info(conn, table[0], space.id_column) if table else None
-    if column is None or column.type_name not in INTEGER_TYPES:
-        raise DatabaseError(
-            f"space {space.name!r}: {space.table}.{space.id_column} is missing or not an integer"
+def highest_key(conn: psycopg.Connection, space: SpaceConfig, key: KeyType) -> object | None:
+    row = conn.execute(
+        sql.SQL("SELECT t.{id} FROM {t} AS t ORDER BY {kx} DESC LIMIT 1").format(
+            id=sql.Identifier(key.column), t=table_ident(space), kx=key.expr("t")
         )
-    return INTEGER_TYPES[column.type_name]
+    ).fetchone()
+    return row[0] if row else None
 
 
 def find_new_rows(
-    conn: psycopg.Connection, space: SpaceConfig, known: set[str], max_id_seen: int | None
+    conn: psycopg.Connection,
+    space: SpaceConfig,
+    key: KeyType,
+    known: set[str],
+    max_key_seen: str | None,
 ) -> NewRows:
-    """Ranges without a partition, and ranges with ids above `max_id_seen` (None: first look)."""
-    digits = key_digits(conn, space)
-    _, max_id = id_bounds(conn, space)
-    ranges = occupied_ranges(conn, space)
-    unknown = [r for r in ranges if r.key(digits) not in known]
-    grown: list[IdRange] = []
-    if max_id_seen is not None and max_id is not None and max_id > max_id_seen:
-        grown = [
-            r
-            for r in ranges
-            if r.last > max_id_seen
-            and r.key(digits) in known
-            # every row of a range above the last id seen is new; the range that holds that
-            # id has new rows only if one was inserted past it (one index probe)
-            and (r.first > max_id_seen or _has_ids(conn, space, max_id_seen + 1, r.last))
-        ]
-    return NewRows(max_id, digits, unknown, grown)
-
-
-def _has_ids(conn: psycopg.Connection, space: SpaceConfig, first: int, last: int) -> bool:
-    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {id} BETWEEN %s AND %s)").format(
-        t=table_ident(space), id=sql.Identifier(space.id_column)
-    )
-    row = conn.execute(query, (first, last)).fetchone()
-    return bool(row and row[0])
+    """Extend the layout; name the partitions Dagster lacks and those with new keys above
+    `max_key_seen` (None: the first look, which only records the highest key)."""
+    layout_ranges(conn, space, key)
+    unknown = [
+        r.partition_key for r in recorded_ranges(conn, space) if r.partition_key not in known
+    ]
+    highest = highest_key(conn, space, key)
+    grown: list[str] = []
+    if max_key_seen is not None and highest is not None:
+        query = sql.SQL(
+            "SELECT DISTINCT {p} FROM (SELECT t.{id} AS id FROM {t} AS t WHERE {kx} > {seen}"
+            " ORDER BY {kx} LIMIT %(cap)s) AS n"
+        ).format(
+            p=partition_of(key, space, sql.SQL("n.id")),
+            id=sql.Identifier(key.column),
+            t=table_ident(space),
+            kx=key.expr("t"),
+            seen=key.literal(max_key_seen),
+        )
+        grown = sorted(
+            str(r[0])
+            for r in conn.execute(query, {"cap": MAX_NEW_ROWS_PER_TICK})
+            if r[0] is not None and r[0] in known
+        )
+    return NewRows(None if highest is None else key.to_text(highest), unknown, grown)

@@ -3,7 +3,7 @@
 Dropping is never a side effect of activation: it is an explicit command or job, refused
 before the configured delay and before a backup file of the column exists. The backup is
 PostgreSQL's binary COPY format (`COPY ... FROM ... (FORMAT BINARY)` restores it into a
-table `(id bigint, v vector(d))`), and its path is recorded in the registry.
+table `(id <the key's type>, v vector(d))`), and its path is recorded in the registry.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def backup_space(conn: psycopg.Connection, space: SpaceConfig) -> Backup:
     path = directory / f"{space.name}-{stamp}.pgcopy"
     partial = path.with_suffix(".partial")
     query = sql.SQL(
-        "COPY (SELECT {id}::bigint, {v} FROM {t} WHERE {v} IS NOT NULL ORDER BY {id})"
+        "COPY (SELECT {id}, {v} FROM {t} WHERE {v} IS NOT NULL ORDER BY {id})"
         " TO STDOUT (FORMAT BINARY)"
     ).format(
         id=sql.Identifier(space.id_column),

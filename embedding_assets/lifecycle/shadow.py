@@ -191,7 +191,7 @@ def load_queries(path: Path) -> list[LabelledQuery]:
 
 def resolve_relevant(
     conn: psycopg.Connection, space: SpaceConfig, values: set[str]
-) -> dict[str, set[int]]:
+) -> dict[str, set[object]]:
     """Key value -> ids of the rows carrying it, for the values that match any row."""
     key_column = space.shadow.key_column or space.id_column
     info = inspect_table(conn, space)
@@ -206,31 +206,31 @@ def resolve_relevant(
         ),
         (sorted(values),),
     ).fetchall()
-    resolved: dict[str, set[int]] = {}
+    resolved: dict[str, set[object]] = {}
     for value, row_id in rows:
-        resolved.setdefault(value, set()).add(int(row_id))
+        resolved.setdefault(value, set()).add(row_id)
     return resolved
 
 
 # -- metrics ----------------------------------------------------------------------------------
 
 
-def recall_at_k(ranked: Sequence[int], relevant: set[int], k: int) -> float:
+def recall_at_k(ranked: Sequence[object], relevant: set[object], k: int) -> float:
     return len(set(ranked[:k]) & relevant) / len(relevant) if relevant else 0.0
 
 
-def reciprocal_rank(ranked: Sequence[int], relevant: set[int], k: int) -> float:
+def reciprocal_rank(ranked: Sequence[object], relevant: set[object], k: int) -> float:
     for rank, row_id in enumerate(ranked[:k], start=1):
         if row_id in relevant:
             return 1.0 / rank
     return 0.0
 
 
-def hit_at_k(ranked: Sequence[int], relevant: set[int], k: int) -> float:
+def hit_at_k(ranked: Sequence[object], relevant: set[object], k: int) -> float:
     return 1.0 if set(ranked[:k]) & relevant else 0.0
 
 
-def overlap_at_k(a: Sequence[int], b: Sequence[int], k: int) -> float:
+def overlap_at_k(a: Sequence[object], b: Sequence[object], k: int) -> float:
     return len(set(a[:k]) & set(b[:k])) / k
 
 
@@ -347,7 +347,7 @@ def _check_identity(space: SpaceConfig, provider: EmbeddingProvider, record: Spa
 
 def top_k(
     conn: psycopg.Connection, plan: SearchPlan, vectors: np.ndarray, k: int
-) -> list[list[int]]:
+) -> list[list[object]]:
     """Ids of the k nearest rows for each query vector, in order."""
     register_vector(conn)
     query = plan.query(k)
@@ -356,8 +356,7 @@ def top_k(
             "SELECT set_config('hnsw.ef_search', %s, true)", (str(min(MAX_EF_SEARCH, max(40, k))),)
         )
         return [
-            [int(r[0]) for r in conn.execute(query, (np.asarray(v, dtype=np.float32),))]
-            for v in vectors
+            [r[0] for r in conn.execute(query, (np.asarray(v, dtype=np.float32),))] for v in vectors
         ]
 
 
@@ -368,7 +367,7 @@ def _vector_count(conn: psycopg.Connection, space: SpaceConfig) -> int:
 
 def sample_rows(
     conn: psycopg.Connection, old: SpaceConfig, new: SpaceConfig, size: int
-) -> list[tuple[int, str]]:
+) -> list[tuple[object, str]]:
     """(id, text) of `size` rows with vectors in both spaces and enough words; the same rows
     on every run (ordered by a seeded hash of the id, not by random())."""
     query = sql.SQL(
@@ -378,7 +377,7 @@ def sample_rows(
         " ORDER BY md5(t.{id}::text || %s) LIMIT %s"
     ).format(old_v=sql.Identifier(old.target_column), **space_sql(new))
     rows = conn.execute(query, (MIN_QUERY_WORDS, SAMPLE_SEED, size)).fetchall()
-    return [(int(r[0]), str(r[1])) for r in rows]
+    return [(r[0], str(r[1])) for r in rows]
 
 
 # -- the evaluation ---------------------------------------------------------------------------
@@ -446,7 +445,7 @@ def run_shadow_validation(
         for side in ("old", "new")
     }
 
-    def both(score: Callable[[Sequence[int], set[int], int], float]) -> tuple[float, float]:
+    def both(score: Callable[[Sequence[object], set[object], int], float]) -> tuple[float, float]:
         old_score, new_score = (
             _mean([score(r, rel, k) for r, rel in zip(ranked[side], relevant, strict=True)])
             for side in ("old", "new")

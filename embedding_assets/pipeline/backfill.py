@@ -1,4 +1,4 @@
-"""Re-embed one id range: read pages, embed, write, with the three stages overlapped.
+"""Re-embed one key range: read pages, embed, write, with the three stages overlapped.
 
 Reading the next page and writing the previous batch run on their own connections while
 the model embeds the current batch, so a real model is never left waiting on the database.
@@ -20,11 +20,12 @@ import psycopg
 
 from ..config import SpaceConfig
 from ..db.connection import connection
-from ..db.introspect import inspect_table
+from ..db.introspect import TableInfo, inspect_table
+from ..db.keys import KeyType
 from ..db.registry import SpaceRecord, check_registration
 from ..errors import DatabaseError, SpaceConflictError
 from ..providers import EmbeddingProvider
-from .partitions import IdRange, occupied_ranges, partition_lock_key
+from .partitions import ALL_KEYS, KeyRange, overlapping_ranges, partition_lock_key
 from .progress import Progress
 from .reader import Page, count_rows, iter_pages
 from .target import check_fingerprint, indexes_blocking_writes
@@ -59,7 +60,7 @@ class RangeStats:
 
 def preflight(
     conn: psycopg.Connection, space: SpaceConfig, provider: EmbeddingProvider
-) -> SpaceRecord:
+) -> tuple[SpaceRecord, TableInfo]:
     """Everything that must hold before the first vector is written; read-only."""
     info = inspect_table(conn, space)  # also rejects a column of another dimension
     if info.target is None or not info.provenance_present:
@@ -80,50 +81,50 @@ def preflight(
             "~100x slower. Drop the index (it is rebuilt after the checks pass)"
         )
     check_fingerprint(space, record, provider.fingerprint())
-    return record
+    return record, info
 
 
 def lock_partitions(
     conn: psycopg.Connection,
     space: SpaceConfig,
-    first: int,
-    last: int,
+    key: KeyType,
+    key_range: KeyRange,
     logger: logging.Logger | logging.LoggerAdapter | object = log,
-) -> list[IdRange]:
-    """Hold a session advisory lock on every occupied partition of the range.
+) -> list[KeyRange]:
+    """Hold a session advisory lock on every partition the range overlaps.
 
     Runs may be spread over machines and may group partitions differently (two backfills,
     a sensor run): the same partition is never embedded by two runs at once. A second run
     waits, then finds the rows done and skips them. Locks go in ascending order (no
     deadlock) and are released when the connection closes, also when a run dies.
     """
-    partitions = occupied_ranges(conn, space, IdRange(first, last))
+    partitions = overlapping_ranges(conn, space, key, key_range)
     for partition in partitions:
-        key = partition_lock_key(space, partition)
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        lock = partition_lock_key(space, partition.seq)
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()
         if not (got and got[0]):
             logger.info(  # type: ignore[attr-defined]
-                f"partition {partition.first}..{partition.last} of {space.name} is being "
-                "embedded by another run; waiting for it to finish"
+                f"partition {partition.partition_key} of {space.name} is being embedded by "
+                "another run; waiting for it to finish"
             )
-            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
     return partitions
 
 
 @dataclass
 class _Batch:
-    ids: list[int]
+    ids: list[object]
     vectors: np.ndarray
     hashes: list[bytes]
-    clear_ids: list[int]
+    clear_ids: list[object]
 
 
 def _prepare(page: Page, provider: EmbeddingProvider, stats: RangeStats) -> _Batch:
     """Sort a page into done / blank / to-embed rows and embed the last group."""
-    ids: list[int] = []
+    ids: list[object] = []
     texts: list[str] = []
     hashes: list[bytes] = []
-    clear: list[int] = []
+    clear: list[object] = []
     for row_id, text, digest, done, has_vector in zip(
         page.ids, page.texts, page.hashes, page.done, page.has_vector, strict=True
     ):
@@ -147,14 +148,14 @@ def _prepare(page: Page, provider: EmbeddingProvider, stats: RangeStats) -> _Bat
 def embed_range(
     space: SpaceConfig,
     provider: EmbeddingProvider,
-    first: int,
-    last: int,
+    key_range: KeyRange = ALL_KEYS,
     *,
     database_url: str | None = None,
     logger: logging.Logger | logging.LoggerAdapter | object = log,
     progress_every: float = 5.0,
 ) -> RangeStats:
-    """Embed every row with first <= id <= last that lacks a current vector from this model."""
+    """Embed every row of the key range (default: the whole table) that lacks a current
+    vector from this model."""
     stats = RangeStats()
     started = time.monotonic()
     model_key = provider.identity.key
@@ -164,12 +165,15 @@ def embed_range(
         ThreadPoolExecutor(1, thread_name_prefix="read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="write") as writer_pool,
     ):
-        preflight(read_conn, space, provider)
-        lock_partitions(read_conn, space, first, last, logger)
-        total = count_rows(read_conn, space, first, last)
-        progress = Progress(total, f"{space.name} ids {first}-{last}", logger, progress_every)
-        writer = VectorWriter(write_conn, space, model_key)
-        pages = iter_pages(read_conn, space, first, last, model_key, space.batch_size)
+        _, info = preflight(read_conn, space, provider)
+        key = info.key
+        lock_partitions(read_conn, space, key, key_range, logger)
+        total = count_rows(read_conn, space, key, key_range)
+        progress = Progress(
+            total, f"{space.name} keys {key_range.describe()}", logger, progress_every
+        )
+        writer = VectorWriter(write_conn, space, model_key, key)
+        pages = iter_pages(read_conn, space, key, key_range, model_key, space.batch_size)
         pending: deque[tuple[Future[int], int, int]] = deque()
 
         def drain(limit: int) -> None:

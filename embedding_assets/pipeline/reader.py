@@ -1,4 +1,4 @@
-"""Read a range of rows in keyset pages: `WHERE id > last ORDER BY id LIMIT n`.
+"""Read a key range of rows in keyset pages: `WHERE id > last ORDER BY id LIMIT n`.
 
 Each page is its own statement on an autocommit connection, so no snapshot stays open for
 the whole partition (a long one would keep vacuum from cleaning up our own UPDATEs). The
@@ -16,18 +16,20 @@ from psycopg import sql
 
 from ..config import SpaceConfig
 from ..db.introspect import space_sql, table_ident
+from ..db.keys import KeyType
+from .partitions import KeyRange, range_filter
 
 
 @dataclass
 class Page:
-    ids: list[int]
+    ids: list[object]  # key values as psycopg returns them: int, UUID or str
     texts: list[str | None]  # None for done rows and NULL text
     hashes: list[bytes | None]  # sha256 of the text; None when the text is NULL or blank
     done: list[bool]  # vector present, same text hash, same model
     has_vector: list[bool]
 
     @property
-    def last_id(self) -> int:
+    def last_id(self) -> object:
         return self.ids[-1]
 
 
@@ -38,7 +40,14 @@ def done_predicate(space: SpaceConfig) -> sql.Composed:
     )
 
 
-def page_query(space: SpaceConfig) -> sql.Composed:
+def page_query(space: SpaceConfig, key: KeyType, key_range: KeyRange, first: bool) -> sql.Composed:
+    """One page of the range; `first` pages start at its lower bound, the others after the
+    last key read (`%(after)s`). Bounds are literals: one plan per range, index order."""
+    after = (
+        sql.SQL("true")
+        if first
+        else sql.SQL("{} > {}").format(key.expr("t"), key.cast_text(sql.Placeholder("after")))
+    )
     return sql.SQL(
         """
         SELECT t.{id}, CASE WHEN d.done THEN NULL ELSE x.txt END, h.h, d.done,
@@ -46,28 +55,33 @@ def page_query(space: SpaceConfig) -> sql.Composed:
         FROM {t} AS t
         {text_hash}
         CROSS JOIN LATERAL (SELECT {done} AS done) AS d
-        WHERE t.{id} > %(after)s AND t.{id} <= %(last)s
-        ORDER BY t.{id}
+        WHERE {in_range} AND {after}
+        ORDER BY {kx}
         LIMIT %(limit)s
         """
-    ).format(done=done_predicate(space), **space_sql(space))
+    ).format(
+        done=done_predicate(space),
+        in_range=range_filter(key, key_range),
+        after=after,
+        kx=key.expr("t"),
+        **space_sql(space),
+    )
 
 
 def iter_pages(
     conn: psycopg.Connection,
     space: SpaceConfig,
-    first: int,
-    last: int,
+    key: KeyType,
+    key_range: KeyRange,
     model_key: int,
     page_size: int,
 ) -> Iterator[Page]:
-    """Yield pages of rows with first <= id <= last, in id order."""
-    query = page_query(space)
-    after = first - 1
+    """Yield pages of the rows in the key range, in key order."""
+    queries = (page_query(space, key, key_range, True), page_query(space, key, key_range, False))
+    after: str | None = None
     while True:
-        rows = conn.execute(
-            query, {"key": model_key, "after": after, "last": last, "limit": page_size}
-        ).fetchall()
+        params = {"key": model_key, "limit": page_size, "after": after}
+        rows = conn.execute(queries[after is not None], params).fetchall()
         if not rows:
             return
         yield Page(
@@ -79,15 +93,16 @@ def iter_pages(
         )
         if len(rows) < page_size:
             return
-        after = rows[-1][0]
+        after = key.to_text(rows[-1][0])
 
 
-def count_rows(conn: psycopg.Connection, space: SpaceConfig, first: int, last: int) -> int:
+def count_rows(
+    conn: psycopg.Connection, space: SpaceConfig, key: KeyType, key_range: KeyRange
+) -> int:
     """Rows in the range (an index-only count: the basis for the ETA)."""
     row = conn.execute(
-        sql.SQL("SELECT count(*) FROM {t} WHERE {id} BETWEEN %s AND %s").format(
-            t=table_ident(space), id=sql.Identifier(space.id_column)
-        ),
-        (first, last),
+        sql.SQL("SELECT count(*) FROM {t} AS t WHERE {r}").format(
+            t=table_ident(space), r=range_filter(key, key_range)
+        )
     ).fetchone()
     return int(row[0]) if row else 0

@@ -18,7 +18,7 @@ from ..db.migrations import apply_migrations, check_pgvector
 from ..db.registry import SpaceRecord, check_registration, register_space
 from ..errors import SpaceConflictError
 from ..providers import EmbeddingProvider, Fingerprint
-from .partitions import IdRange, occupied_ranges
+from .partitions import KeyRange, layout_ranges, recorded_ranges
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,12 @@ class TargetColumn:
     record: SpaceRecord
     created: bool
     dropped_indexes: list[str]
-    ranges: list[IdRange]
+    ranges: list[KeyRange]  # every recorded range, in key order
+    added: list[str]  # partition keys laid out by this call
 
     @property
     def partition_keys(self) -> list[str]:
-        return [r.key(self.table.key_digits) for r in self.ranges]
+        return [r.partition_key for r in self.ranges]
 
 
 def check_fingerprint(space: SpaceConfig, record: SpaceRecord | None, current: Fingerprint) -> None:
@@ -135,6 +136,6 @@ def prepare_target_column(
                 )
             )
         record = register_space(conn, space, identity, fingerprint)
-    ranges = occupied_ranges(conn, space)
+    added = layout_ranges(conn, space, info.key)
     info = inspect_table(conn, space)
-    return TargetColumn(info, record, created, dropped, ranges)
+    return TargetColumn(info, record, created, dropped, recorded_ranges(conn, space), added)

@@ -20,11 +20,12 @@ import psycopg
 from psycopg import sql
 
 from ..config import ModelConfig, SpaceConfig
-from ..db.introspect import TableInfo, inspect_table, space_sql
+from ..db.introspect import TableInfo, inspect_table, space_sql, table_ident
+from ..db.keys import KeyType
 from ..db.migrations import check_pgvector
 from ..db.registry import SpaceRecord, check_registration, registry_exists
 from ..errors import ConfigError, EmbeddingBackfillError
-from ..pipeline.partitions import occupied_ranges
+from ..pipeline.partitions import ALL_KEYS, partition_of, recorded_ranges
 from ..pipeline.reader import done_predicate, page_query
 from ..pipeline.target import check_fingerprint, indexes_blocking_writes
 from ..providers import SENTINEL_TEXTS, EmbeddingProvider, build_provider
@@ -61,10 +62,11 @@ class Finding:
 @dataclass(frozen=True)
 class RowCounts:
     rows: int
-    empty: int  # NULL or blank text: never embedded
+    empty: int  # NULL or blank text, or outside the `where` filter: never embedded
     done: int  # vector present, same text hash, same model key: skipped
-    partitions: int  # occupied id ranges of partition_size
+    partitions: int  # recorded key ranges (estimated as rows / partition_size before)
     partitions_to_run: int  # of those, ranges holding at least one row to embed
+    outside_filter: int = 0  # of the empty rows, those outside the `where` filter
 
     @property
     def to_embed(self) -> int:
@@ -158,6 +160,7 @@ class PlanReport:
             "findings": [f.as_dict() for f in self.findings],
             "rows": None if c is None else c.rows,
             "rows_empty": None if c is None else c.empty,
+            "rows_outside_filter": None if c is None else c.outside_filter,
             "rows_done": None if c is None else c.done,
             "rows_to_embed": None if c is None else c.to_embed,
             "partitions": None if c is None else c.partitions,
@@ -205,7 +208,7 @@ def _pgvector_finding(conn: psycopg.Connection) -> tuple[Finding, str | None]:
 
 
 def _table_findings(space: SpaceConfig, info: TableInfo) -> list[Finding]:
-    key = info.id_column
+    key = info.key
     text = (
         f"text_column {space.text_column}"
         if space.text_column
@@ -225,13 +228,18 @@ def _table_findings(space: SpaceConfig, info: TableInfo) -> list[Finding]:
         )
     return [
         Finding("table", True, f"{space.table} exists"),
-        Finding("key", True, f"{key.name} {key.formatted}, unique"),
+        Finding(
+            "key",
+            True,
+            f"{key.column} {key.formatted}, unique"
+            + (f" (compared in collation {key.collation})" if key.collation else ""),
+        ),
         Finding("text", True, text),
         Finding("target_column", True, target),
     ]
 
 
-def _rows_subquery(space: SpaceConfig, provenance: bool) -> sql.Composable:
+def _rows_subquery(space: SpaceConfig, key: KeyType, provenance: bool) -> sql.Composable:
     """(id, text, non-null when there is text, done, has_vector) for every row.
 
     With provenance columns this is the reader's `page_query`, so "done" here is exactly
@@ -239,35 +247,62 @@ def _rows_subquery(space: SpaceConfig, provenance: bool) -> sql.Composable:
     comes from the same shared text-hash join either way.
     """
     if provenance:
-        return page_query(space)
+        return page_query(space, key, ALL_KEYS, True)
     return sql.SQL("SELECT t.{id}, x.txt, h.h, false, false FROM {t} AS t {text_hash}").format(
         **space_sql(space)
     )
 
 
-def _all_rows(model_key: int) -> dict[str, object]:
-    """`page_query` parameters covering the whole key range, without a page limit."""
-    return {"key": model_key, "after": -(2**63), "last": 2**63 - 1, "limit": None}
-
-
 def count_rows(
-    conn: psycopg.Connection, space: SpaceConfig, provenance: bool, model_key: int
+    conn: psycopg.Connection, space: SpaceConfig, key: KeyType, provenance: bool, model_key: int
 ) -> RowCounts:
-    """Exact counts in one scan (it hashes every text, like the checks)."""
+    """Exact counts in one scan (it hashes every text, like the checks).
+
+    Before `target_column` laid out the partitions their number is estimated (rows /
+    partition_size, as the layout will cut them); afterwards each row to embed is mapped to
+    its recorded partition (one probe of the small layout table per such row).
+    """
+    ranges = recorded_ranges(conn, space)
+    to_run = (
+        sql.SQL("count(DISTINCT {}) FILTER (WHERE r.h IS NOT NULL AND r.done IS NOT TRUE)").format(
+            partition_of(key, space, sql.SQL("r.id"))
+        )
+        if ranges
+        else sql.SQL("NULL::bigint")
+    )
     row = conn.execute(
         sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE r.h IS NULL),"
-            " count(*) FILTER (WHERE r.done IS TRUE),"
-            " count(DISTINCT r.id / %(size)s) FILTER (WHERE r.h IS NOT NULL"
-            "  AND r.done IS NOT TRUE)"
-            " FROM ({}) AS r(id, txt, h, done, has_vector)"
-        ).format(_rows_subquery(space, provenance)),
-        {**_all_rows(model_key), "size": space.partition_size},
+            " count(*) FILTER (WHERE r.done IS TRUE), {to_run}"
+            " FROM ({rows}) AS r(id, txt, h, done, has_vector)"
+        ).format(to_run=to_run, rows=_rows_subquery(space, key, provenance)),
+        {"key": model_key, "limit": None},
     ).fetchone()
     assert row is not None
-    rows, empty, done, to_run = (int(v) for v in row)
-    partitions = len(occupied_ranges(conn, space))
-    return RowCounts(rows, empty, done, partitions, to_run)
+    rows, empty, done, to_run_count = row
+    partitions = len(ranges) if ranges else max(1, -(-int(rows) // space.partition_size))
+    work = int(rows) - int(empty) - int(done)
+    return RowCounts(
+        int(rows),
+        int(empty),
+        int(done),
+        partitions,
+        int(to_run_count) if to_run_count is not None else (partitions if work else 0),
+        count_outside_filter(conn, space),
+    )
+
+
+def count_outside_filter(conn: psycopg.Connection, space: SpaceConfig) -> int:
+    """Rows the space's `where` leaves out (counted among the empty ones too)."""
+    if space.where is None:
+        return 0
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} AS t WHERE NOT coalesce(({}), false)").format(
+            table_ident(space),
+            sql.SQL(space.where),  # type: ignore[arg-type]
+        )
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def sample_texts(
@@ -430,7 +465,7 @@ def _validate_and_count(
             return []  # without the model's key, "done" cannot be decided
         progress.step("counting rows (one scan of the table)")
         try:
-            report.counts = count_rows(conn, space, provenance, key)
+            report.counts = count_rows(conn, space, info.key, provenance, key)
         except EmbeddingBackfillError as err:
             findings.append(Finding("partitions", False, str(err)))
             return []

@@ -23,6 +23,7 @@ from ..defs.checks import CHECK_NAMES
 from ..defs.keys import embeddings_key
 from ..defs.partitions import id_range_partitions_name
 from . import NoProgress, Progress, read_only_connection
+from .plan import count_outside_filter
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class SpaceStatus:
     partitions_done: int | None = None
     rows: int | None = None
     rows_with_text: int | None = None
+    rows_outside_filter: int | None = None  # left out by the space's `where`
     embedded: int | None = None
     missing: int | None = None
     stale: int | None = None  # None: no per-row text hash (adopted column)
@@ -83,6 +85,7 @@ class SpaceStatus:
             "rows": {
                 "total": self.rows,
                 "with_text": self.rows_with_text,
+                "outside_filter": self.rows_outside_filter,
                 "embedded": self.embedded,
                 "missing": self.missing,
                 "stale": self.stale,
@@ -119,7 +122,7 @@ def check_states(instance: DagsterInstance, space: SpaceConfig) -> list[CheckSta
 
 
 def partition_counts(instance: DagsterInstance, space: SpaceConfig) -> tuple[int, int]:
-    """(materialized, created) id-range partitions of `<name>/embeddings`."""
+    """(materialized, created) key-range partitions of `<name>/embeddings`."""
     known = set(instance.get_dynamic_partitions(id_range_partitions_name(space)))
     done = set(instance.get_materialized_partitions(embeddings_key(space)))
     return len(known & done), len(known)
@@ -160,6 +163,7 @@ def space_status(
         column.rows_with_text,
         column.vectors,
     )
+    status.rows_outside_filter = count_outside_filter(conn, space)
     status.missing = int(complete["rows_missing"])  # type: ignore[call-overload]
     status.stale = int(complete["rows_stale"]) if provenance else None  # type: ignore[call-overload]
     status.indexes = [

@@ -90,7 +90,11 @@ METADATA_KEYS = (
     "min_cosine",
 )
 _MAX_LIST_ITEMS = 10
-_PARTITION_KEY = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
+# Partition keys (`00003_150000`, `00003_9f1c02aa`) and uuid ids are safe to quote; text ids
+# are the operator's data and stay out of alerts (the run's metadata has them).
+_PARTITION_KEY = re.compile(
+    r"^([0-9]{5}_[A-Za-z0-9_~-]{1,20}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+)
 _MAX_NAMES_LISTED = 5
 _MAX_CHAIN = 20  # error infos looked at per step; Dagster truncates deeper chains anyway
 _MAX_CLASSES_NAMED = 3

@@ -3,7 +3,7 @@
 Two sensors per space (thin wrappers in `embedding_assets.defs.sensors`):
 
 - `<name>__drift` (every `drift.interval_seconds`, cheap, bounded): the configuration and
-  column still match the registry, the model's fingerprint is unchanged, new id ranges and
+  column still match the registry, the model's fingerprint is unchanged, new key ranges and
   rows past the highest id seen, and the change log when installed. A failed verdict is
   recorded as a failed asset check on `<name>/target_column` (the `embedding_alerts`
   sensor turns it into one notification) and stops all runs until it passes again. New
@@ -12,7 +12,7 @@ Two sensors per space (thin wrappers in `embedding_assets.defs.sensors`):
   windows of `drift.sweep_rows_per_tick` rows per tick and requests runs for exactly the
   partitions holding missing or stale vectors.
 
-Run keys name the partition and the drift (`rows:<partition>:<max id>:<last change>`,
+Run keys name the partition and the drift (`rows:<partition>:<digest of the highest key>:<change>`,
 `content:<partition>:<digest of the drifting ids>`): Dagster never launches the same key
 twice for a sensor, so the same drift found again (a repeated tick, the next sweep before
 the run has fixed it) does not launch a second run. Drift runs skip the whole-column checks
@@ -21,6 +21,7 @@ the run has fixed it) does not launch a second run. Drift runs skip the whole-co
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,12 +30,13 @@ import psycopg
 
 from ..checks.column import CheckVerdict
 from ..config import SpaceConfig
+from ..db.introspect import inspect_table
 from ..db.registry import SpaceRecord, get_space, registry_exists
 from ..drift.changelog import exact_ranges, forget_changes, pending_changes
 from ..drift.content import sweep_window
 from ..drift.identity import identity_verdicts
-from ..drift.rows import find_new_rows, key_digits
-from ..pipeline.partitions import IdRange, bucket_range
+from ..drift.rows import find_new_rows
+from ..pipeline.partitions import recorded_ranges
 from ..providers import EmbeddingProvider
 
 MAX_CHANGES_PER_TICK = 10_000
@@ -82,7 +84,7 @@ def _not_registered(space: SpaceConfig, cursor: str) -> DriftTick:
 
 @dataclass
 class WatchState:
-    max_id: int | None = None  # highest id seen; None before the first tick
+    max_key: str | None = None  # highest key seen, as text; None before the first tick
     handled_changes: list[tuple[int, int]] = field(default_factory=list)
     verdicts: dict[str, bool] = field(default_factory=dict)
 
@@ -90,8 +92,9 @@ class WatchState:
     def parse(cls, cursor: str | None) -> WatchState:
         try:
             data = json.loads(cursor or "{}")
+            seen = data.get("max_key", data.get("max_id"))  # max_id: cursors of integer layouts
             return cls(
-                data.get("max_id"),
+                None if seen is None else str(seen),
                 [(int(lo), int(hi)) for lo, hi in data.get("handled_changes", [])],
                 {str(k): bool(v) for k, v in data.get("verdicts", {}).items()},
             )
@@ -101,7 +104,7 @@ class WatchState:
     def dump(self) -> str:
         return json.dumps(
             {
-                "max_id": self.max_id,
+                "max_key": self.max_key,
                 "handled_changes": self.handled_changes,
                 "verdicts": self.verdicts,
             }
@@ -130,49 +133,45 @@ def watch_tick(
         return tick
 
     # The cursor naming these ranges was stored with the runs they caused: forget them now.
+    key = inspect_table(conn, space).key
     forget_changes(conn, space, state.handled_changes)
-    changes = pending_changes(conn, space, MAX_CHANGES_PER_TICK)
-    new = find_new_rows(conn, space, known_partitions, state.max_id)
-    existing = known_partitions | {new.key(r) for r in new.unknown}
+    # The layout first: a change of a row in a range laid out this tick maps to that range.
+    new = find_new_rows(conn, space, key, known_partitions, state.max_key)
+    changes = pending_changes(conn, space, key, MAX_CHANGES_PER_TICK)
     reasons: dict[str, list[str]] = {}
-    for r in new.unknown:
-        reasons.setdefault(new.key(r), []).append("new id range")
-    for r in new.grown:
-        reasons.setdefault(new.key(r), []).append("new rows")
+    for partition in new.unknown:
+        reasons.setdefault(partition, []).append("new key range")
+    for partition in new.grown:
+        reasons.setdefault(partition, []).append("new rows")
     change_ids: dict[str, list[int]] = {}
-    gone: list[int] = []  # changes of rows in no partition (deleted since): nothing to do
-    size = space.partition_size
-    for change_id, row_id in changes:
-        key = bucket_range(row_id // size, size).key(new.digits)
-        if key in existing:
-            change_ids.setdefault(key, []).append(change_id)
-        else:
+    gone: list[int] = []  # changes of rows deleted since: nothing to do
+    for change_id, partition in changes:
+        if partition is None:
             gone.append(change_id)
-    for key in change_ids:
-        reasons.setdefault(key, []).append("changed rows")
+        else:
+            change_ids.setdefault(partition, []).append(change_id)
+    for partition in change_ids:
+        reasons.setdefault(partition, []).append("changed rows")
 
     wanted = sorted(reasons)
     cap = space.drift.max_runs_per_tick
     chosen, deferred = wanted[:cap], wanted[cap:]
+    seen = hashlib.md5((new.max_key or "").encode()).hexdigest()[:12]  # keys may be long text
     tick.runs = [
         PartitionRun(
-            key,
-            f"rows:{key}:{new.max_id}:{max(change_ids.get(key, [0]))}",
-            ", ".join(reasons[key]),
+            partition,
+            f"rows:{partition}:{seen}:{max(change_ids.get(partition, [0]))}",
+            ", ".join(reasons[partition]),
         )
-        for key in chosen
+        for partition in chosen
     ]
-    tick.partitions_to_add = [new.key(r) for r in new.unknown if new.key(r) in chosen]
+    tick.partitions_to_add = [p for p in new.unknown if p in chosen]
     state.handled_changes = exact_ranges(
-        [c for key in chosen for c in change_ids.get(key, [])] + gone
+        [c for partition in chosen for c in change_ids.get(partition, [])] + gone
     )
-    grown_deferred = [
-        IdRange.from_key(k).first for k in deferred if k in {new.key(r) for r in new.grown}
-    ]
-    if state.max_id is None or not grown_deferred:
-        state.max_id = new.max_id
-    else:  # resume below the first range that did not get its run
-        state.max_id = max(state.max_id, min(grown_deferred) - 1)
+    # A partition with new rows that did not get its run: look above the same key next tick.
+    if state.max_key is None or not any(p in new.grown for p in deferred):
+        state.max_key = new.max_key
     if deferred:
         tick.notes.append(f"{len(deferred)} partitions wait for the next tick (max_runs_per_tick)")
     tick.cursor = state.dump()
@@ -185,7 +184,7 @@ def watch_tick(
 @dataclass
 class SweepState:
     last_start: float | None = None  # when the latest sweep started (UTC timestamp)
-    next_id: int | None = None  # where the sweep in progress resumes; None: none in progress
+    next_seq: int | None = None  # the partition the sweep in progress resumes at; None: none
     rows_scanned: int = 0
     runs_requested: int = 0
 
@@ -195,7 +194,7 @@ class SweepState:
             data = json.loads(cursor or "{}")
             return cls(
                 data.get("last_start"),
-                data.get("next_id"),
+                data.get("next_seq"),
                 int(data.get("rows_scanned", 0)),
                 int(data.get("runs_requested", 0)),
             )
@@ -230,29 +229,29 @@ def sweep_tick(
         return DriftTick(
             state.dump(), notes=["skipped: the configuration no longer matches the registry"]
         )
-    if state.next_id is None:
+    if state.next_seq is None:
         if state.last_start is not None:
             due = next_sweep_at(state.last_start, space.drift.content_cron)
             if due > now:
                 when = datetime.fromtimestamp(due, UTC).isoformat(timespec="minutes")
                 return DriftTick(state.dump(), notes=[f"next content sweep at {when}"])
-        state = SweepState(last_start=now, next_id=0)
+        state = SweepState(last_start=now, next_seq=0)
 
     window = sweep_window(
         conn,
         space,
+        inspect_table(conn, space).key,
         provider.identity.key,
-        state.next_id,
+        recorded_ranges(conn, space),
+        state.next_seq,
         space.drift.sweep_rows_per_tick,
-        key_digits(conn, space),
     )
     # Partitions never materialized belong to a backfill that has not reached them yet.
     eligible = [d for d in window.drift if d.key in materialized_partitions]
     cap = space.drift.max_runs_per_tick
     chosen = eligible[:cap]
-    state.next_id = (
-        IdRange.from_key(eligible[cap].key).first if len(eligible) > cap else window.next_id
-    )
+    seqs = {r.partition_key: r.seq for r in recorded_ranges(conn, space)}
+    state.next_seq = seqs[eligible[cap].key] if len(eligible) > cap else window.next_seq
     state.rows_scanned += window.rows_scanned
     state.runs_requested += len(chosen)
     tick = DriftTick(
@@ -273,8 +272,8 @@ def sweep_tick(
             "(left to their backfill)"
         )
     tick.notes.append(
-        f"sweep at id {state.next_id:,}"
-        if state.next_id is not None
+        f"sweep at partition {state.next_seq}"
+        if state.next_seq is not None
         else f"sweep complete: {state.rows_scanned:,} rows, {state.runs_requested} runs"
     )
     return tick
