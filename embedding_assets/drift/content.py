@@ -47,16 +47,19 @@ class SweepWindow:
 
 
 def _partition_query(space: SpaceConfig, key: KeyType, key_range: KeyRange) -> sql.Composed:
+    # MATERIALIZED: each row's text hash is computed once, not once per reference below.
     return sql.SQL(
         """
-        WITH f AS (
-            SELECT t.{id} AS id, h.h IS NOT NULL AND t.{v} IS NULL AS missing,
-                   t.{v} IS NOT NULL AND h.h IS NOT NULL AND t.{k} = %(key)s
-                       AND t.{hc} IS DISTINCT FROM h.h AS stale,
-                   t.{v} IS NOT NULL AND h.h IS NULL AS orphan
+        WITH w AS MATERIALIZED (
+            SELECT t.{id} AS id, t.{v} IS NOT NULL AS has_v, t.{k} AS k, t.{hc} AS hc, h.h
             FROM {t} AS t
             {text_hash}
             WHERE {in_range}
+        ), f AS (
+            SELECT id, h IS NOT NULL AND NOT has_v AS missing,
+                   has_v AND h IS NOT NULL AND k = %(key)s AND hc IS DISTINCT FROM h AS stale,
+                   has_v AND h IS NULL AS orphan
+            FROM w
         )
         SELECT count(*), count(*) FILTER (WHERE missing), count(*) FILTER (WHERE stale),
                count(*) FILTER (WHERE orphan),
