@@ -369,3 +369,21 @@ def test_changelog_commands_install_report_and_remove_the_triggers(
     ).fetchone() == (0,)
     missing = runner.invoke(app, ["changelog", "install", "no_such_space"])
     assert missing.exit_code == 2 and "no space named 'no_such_space'" in missing.output
+
+
+def test_more_new_rows_than_one_tick_reads_are_found_by_the_next_tick(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedding_assets.drift.rows as rows
+
+    space, _ = embedded_docs(conn, dagster_instance, 1200)
+    first = tick(space, dagster_instance, None)
+    monkeypatch.setattr(rows, "MAX_NEW_ROWS_PER_TICK", 10)
+    conn.execute("INSERT INTO docs SELECT g, 'late ' || g FROM generate_series(1201, 1230) g")
+    second = tick(space, dagster_instance, first.cursor)
+    assert requested(second) == ["00002_1001"]
+    # the cursor stopped at the tenth new key, not at the highest: the rest is still ahead
+    assert json.loads(second.cursor)["max_key"] == "1210"  # type: ignore[arg-type]
+    third = tick(space, dagster_instance, second.cursor)
+    assert requested(third) == ["00002_1001"]
+    assert json.loads(third.cursor)["max_key"] == "1220"  # type: ignore[arg-type]

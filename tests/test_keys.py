@@ -22,6 +22,7 @@ from embedding_assets.config import SpaceConfig
 from embedding_assets.db.introspect import inspect_table
 from embedding_assets.defs.partitions import id_range_partitions_name
 from embedding_assets.pipeline.partitions import partition_of, range_filter, recorded_ranges
+from embedding_assets.reports.plan import count_outside_filter
 
 # Generators for N keys of each kind, as SQL over generate_series(1, N) g.
 KEY_KINDS = {
@@ -201,6 +202,7 @@ def test_a_row_that_leaves_the_where_filter_loses_its_vector(
     assert conn.execute("SELECT count(emb) FROM docs").fetchone() == (live,)
     complete = execute_checks(space, dagster_instance)["complete"]
     assert complete["passed"] and complete["rows_with_text"] == live  # deleted: not missing
+    assert count_outside_filter(conn, space) == 300 - live  # plan and status report them
 
     conn.execute("UPDATE docs SET deleted_at = now() WHERE body = 'document 42 on topic 0'")
     assert execute_checks(space, dagster_instance)["complete"]["vectors_without_text"] == 1

@@ -55,20 +55,21 @@ def find_new_rows(
     ]
     highest = highest_key(conn, space, key)
     grown: list[str] = []
+    seen_to = highest
     if max_key_seen is not None and highest is not None:
         query = sql.SQL(
-            "SELECT DISTINCT {p} FROM (SELECT t.{id} AS id FROM {t} AS t WHERE {kx} > {seen}"
-            " ORDER BY {kx} LIMIT %(cap)s) AS n"
+            "SELECT {p}, n.{id} FROM (SELECT t.{id} FROM {t} AS t WHERE {kx} > {seen}"
+            " ORDER BY {kx} LIMIT %(cap)s) AS n ORDER BY {nkx}"
         ).format(
-            p=partition_of(key, space, sql.SQL("n.id")),
+            p=partition_of(key, space, key.expr("n")),
+            nkx=key.expr("n"),
             id=sql.Identifier(key.column),
             t=table_ident(space),
             kx=key.expr("t"),
             seen=key.literal(max_key_seen),
         )
-        grown = sorted(
-            str(r[0])
-            for r in conn.execute(query, {"cap": MAX_NEW_ROWS_PER_TICK})
-            if r[0] is not None and r[0] in known
-        )
-    return NewRows(None if highest is None else key.to_text(highest), unknown, grown)
+        rows = conn.execute(query, {"cap": MAX_NEW_ROWS_PER_TICK}).fetchall()
+        grown = sorted({str(p) for p, _ in rows if p is not None and p in known})
+        if len(rows) == MAX_NEW_ROWS_PER_TICK:  # more than one tick's worth: resume after it
+            seen_to = rows[-1][1]
+    return NewRows(None if seen_to is None else key.to_text(seen_to), unknown, grown)
