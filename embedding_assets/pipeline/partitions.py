@@ -249,14 +249,17 @@ def overlapping_ranges(
 
 
 def partition_of(key: KeyType, space: SpaceConfig, value: sql.Composable) -> sql.Composed:
-    """SQL: the partition key of the row whose key is `value` (the last range starting at or
-    below it), for queries that group rows by partition."""
-    return sql.SQL(
-        "(SELECT kr.partition_key FROM embedding_backfills.key_ranges AS kr"
-        " WHERE kr.space = {space} AND (kr.lower_bound IS NULL OR {lower} <= {value})"
-        " ORDER BY kr.seq DESC LIMIT 1)"
-    ).format(
-        space=sql.Literal(space.name),
-        lower=key.cast_text(sql.SQL("kr.lower_bound")),
-        value=value,
+    """SQL: the partition key of the row whose key is `value`.
+
+    A binary search (`width_bucket` over the sorted lower bounds, cast to the key's type),
+    with the layout read once per statement (uncorrelated subqueries run once): O(log n) per
+    row, so mapping millions of rows to their partitions stays cheap.
+    """
+    layout = sql.SQL("FROM embedding_backfills.key_ranges AS kr WHERE kr.space = {}").format(
+        sql.Literal(space.name)
     )
+    return sql.SQL(
+        "((SELECT array_agg(kr.partition_key ORDER BY kr.seq) {layout})"
+        "[1 + width_bucket({value}, (SELECT coalesce(array_agg({lower} ORDER BY kr.seq)"
+        " FILTER (WHERE kr.lower_bound IS NOT NULL), '{{}}') {layout}))])"
+    ).format(layout=layout, value=value, lower=key.cast_text(sql.SQL("kr.lower_bound")))
