@@ -110,7 +110,7 @@ EDGE_KEYS = {
     ),
     "text": (
         "text",
-        ["a,b", "[x]", "*", "with space", "żółw", "...", "", " ", "😀", "a" * 500],
+        ["a,b", "[x]", "*", "with space", "żółw", "...", "", " ", "😀", "a" * 500, "it's"],
     ),
     "varchar": ("varchar(40)", ["v,1", "v[2]", "v*3", "v...4"]),
     "char": ("char(21)", ["V1StGXR8_Z5jdHi6B-myT", "short", "x"]),
@@ -210,4 +210,24 @@ def test_a_row_that_leaves_the_where_filter_loses_its_vector(
     assert conn.execute(
         "SELECT emb IS NULL, emb_text_hash IS NULL FROM docs WHERE body = 'document 42 on topic 0'"
     ).fetchone() == (True, True)
+    assert all(r["passed"] for r in execute_checks(space, dagster_instance).values())
+
+
+def test_key_values_that_look_like_sql_or_placeholders_work_as_range_bounds(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance
+) -> None:
+    """Bounds go into queries as quoted literals: with one row per partition every key is a
+    bound, so a quote, a backslash or a `%s` in one must be quoted, never interpreted."""
+    keys = ["it's", "50%off", "%s", "%(key)s", "back\\slash", "'; DROP TABLE docs; --", "{}"]
+    conn.execute("CREATE TABLE docs (id text PRIMARY KEY, body text)")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO docs VALUES (%s, %s)", [(k, f"text of {i}") for i, k in enumerate(keys)]
+        )
+    space = make_space(partition_size=1)
+    materialize_target(space, dagster_instance)
+    assert len(recorded_ranges(conn, space)) == len(keys)
+    runs = materialize_partitions(space, dagster_instance)
+    assert [m["rows_embedded"] for m in runs] == [1] * len(keys)  # each range: its one row
+    assert conn.execute("SELECT count(emb) FROM docs").fetchone() == (len(keys),)
     assert all(r["passed"] for r in execute_checks(space, dagster_instance).values())

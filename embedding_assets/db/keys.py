@@ -60,8 +60,14 @@ class KeyType:
         return sql.SQL("{} COLLATE {}").format(column, _collation(self.collation))
 
     def literal(self, value: object) -> sql.Composable:
-        """A key value as a quoted literal of the column's type, in the index's collation."""
-        return self.cast_text(sql.Literal(self.to_text(value)))
+        """A key value as a quoted literal of the column's type, in the index's collation.
+
+        A `%` is spelled `chr(37)`: queries that also take parameters are scanned for
+        placeholders, and a `%s` inside a key must never be read as one.
+        """
+        parts = self.to_text(value).split("%")
+        text = sql.SQL(" || chr(37) || ").join(sql.Literal(p) for p in parts)
+        return self.cast_text(text)
 
     def cast_text(self, text: sql.Composable) -> sql.Composable:
         """A text expression (a literal, a text column) as a key value, comparable with
