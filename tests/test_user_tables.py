@@ -147,6 +147,12 @@ def test_a_users_table_through_the_whole_life(
     legacy, new = project.spaces
     adopted = adopt_column(conn, legacy, build_provider(legacy.model))
     assert adopted.record.status == "active"
+    view = f"{shape.table}_embedding"  # the stable read path: always the active space
+
+    def served_by() -> set[str]:
+        return {r[0] for r in conn.execute(f"SELECT DISTINCT space FROM {view}").fetchall()}
+
+    assert served_by() == {legacy.name}
 
     # the old column's HNSW index does not block the new space
     materialize_target(new, dagster_instance)
@@ -174,6 +180,7 @@ def test_a_users_table_through_the_whole_life(
         (shape.table,),
     ).fetchall()
     assert active == [(new.name,)]
+    assert served_by() == {new.name}
 
     # an edit and an insert, found by one cheap tick through the change log
     install_changelog(conn, new)
@@ -198,6 +205,7 @@ def test_a_users_table_through_the_whole_life(
         "SELECT space FROM embedding_backfills.active_spaces WHERE table_name = %s",
         (shape.table,),
     ).fetchall() == [(legacy.name,)]
+    assert served_by() == {legacy.name}
 
     # the retired space's (key, vector) pairs back up in the key's own type
     backup = backup_space(conn, new.model_copy(update={"retention": retention(tmp_path)}))

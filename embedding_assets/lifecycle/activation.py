@@ -2,7 +2,9 @@
 
 Both are one transaction that retires the active space and activates another, under a
 row lock on the table's registry rows, so that readers of `active_spaces` always see
-exactly one active space per table (a unique partial index enforces it).
+exactly one active space per table (a unique partial index enforces it). The same
+transaction points the table's read view (`<table>_embedding`, see `read_path`) at the
+space it activates: the registry and the view switch together or not at all.
 """
 
 from __future__ import annotations
@@ -19,25 +21,26 @@ from ..db.introspect import column_info, inspect_table, table_ident
 from ..db.registry import SpaceRecord, get_space, spaces_of_table
 from ..errors import SpaceConflictError
 from .index import index_definition, index_is_valid
+from .read_path import replace_read_view
 
 
 @dataclass(frozen=True)
 class Switch:
     activated: str
     retired: list[str]
+    read_view: str | None = None  # `schema.view` that now shows the activated space
 
 
 def _switch(
     conn: psycopg.Connection,
-    schema: str,
-    table: str,
-    name: str,
+    space: SpaceConfig,
     *,
     validated_at: datetime | None = None,
     index_name: str | None = None,
     index_expression: str | None = None,
     row_count: int | None = None,
 ) -> Switch:
+    schema, table, name = space.schema_name, space.table_name, space.name
     with conn.transaction():
         conn.execute(
             "SELECT 1 FROM embedding_backfills.vector_spaces"
@@ -63,7 +66,8 @@ def _switch(
             " WHERE name = %s",
             (validated_at, index_name, index_expression, row_count, name),
         )
-    return Switch(name, retired)
+        read_view = replace_read_view(conn, space)
+    return Switch(name, retired, read_view)
 
 
 def activate_space(
@@ -82,9 +86,7 @@ def activate_space(
     count = _vector_count(conn, space)
     return _switch(
         conn,
-        space.schema_name,
-        space.table_name,
-        space.name,
+        space,
         validated_at=validated_at,
         index_name=index_name,
         index_expression=index_expression,
@@ -148,4 +150,4 @@ def rollback(
             f"{v.name} ({v.description})" for v in report.verdicts.values() if not v.passed
         )
         raise SpaceConflictError(f"space {record.name!r} no longer passes its checks: {failed}")
-    return _switch(conn, schema, name, record.name, row_count=report.vectors)
+    return _switch(conn, space, row_count=report.vectors)

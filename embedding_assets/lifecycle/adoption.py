@@ -24,6 +24,7 @@ from ..db.migrations import apply_migrations, check_pgvector
 from ..db.registry import SpaceRecord, check_registration, get_space
 from ..errors import DatabaseError, SpaceConflictError
 from ..providers import EmbeddingProvider
+from .read_path import replace_read_view
 
 SAMPLE_SEED = 0.4242  # setseed(): the same rows are sampled on every verification
 
@@ -167,6 +168,8 @@ def adopt_column(
                 Jsonb(report), index_name, index_def, column.vectors, status, status,
             ),
         )  # fmt: skip
+        if status == "active":  # what applications query today: the read view shows it too
+            replace_read_view(conn, space)
     record = get_space(conn, space.name)
     assert record is not None
     return Adoption(record, column, sample, index_name)
