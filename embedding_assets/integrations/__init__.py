@@ -1,0 +1,1 @@
+"""Hooks for tools that manage the same database as this project (e.g. alembic)."""
