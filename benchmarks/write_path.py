@@ -19,6 +19,10 @@ model key) into an unindexed table whose target columns start NULL:
    write path at the same dimension. `prepare_target_column` (one-off DDL and the key
    layout) is not timed. The same with a uuid key and with a 21-character text key
    (nanoid), compared with the bigint key: keys that are not integers must not cost much.
+6. `destination: table`: the same two paths with the space's vectors in a table of their
+   own (`project (destination table)`: the bare writer; `partition (destination table)`:
+   embed_range), compared with the column mode and with the COPY ceiling. The source
+   table's size is measured before and after each full `partition` run, in both modes.
 
 Why: the write path was built to beat the obvious alternatives by a wide margin, and the
 whole pipeline must not lose much of that to reading and embedding. The targets are printed
@@ -71,6 +75,8 @@ COPY_INSERT = "COPY BINARY INSERT (ceiling)"
 PARTITION = "partition (embed_range, hash provider)"
 PARTITION_UUID = "partition, uuid key"
 PARTITION_TEXT = "partition, text key (nanoid)"
+PROJECT_TABLE = "project (destination table)"
+PARTITION_TABLE = "partition (destination table)"
 # The key of each partition strategy's table, as SQL over the row number g.
 KEY_SQL = {
     PARTITION: ("bigint", "g"),
@@ -253,19 +259,41 @@ def create_text_table(
 
 
 def drop_table(conn: psycopg.Connection, table: str) -> None:
+    """The table, and its destination table if a `destination: table` run created one."""
     admin(conn, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    admin(
+        conn,
+        sql.SQL("DROP TABLE IF EXISTS embedding_backfills.{}").format(
+            sql.Identifier(f"{table}_{TARGET}")
+        ),
+    )
 
 
 def written_rows(conn: psycopg.Connection, table: str) -> int:
+    """Vectors written for `table`: in its own column, or in its destination table."""
+    dest = conn.execute("SELECT to_regclass(%s)", (f"embedding_backfills.{table}_{TARGET}",))
+    holder = sql.SQL("embedding_backfills.{}").format(sql.Identifier(f"{table}_{TARGET}"))
+    relation = holder if dest.fetchone()[0] else sql.Identifier(table)  # type: ignore[index]
     row = conn.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
-            sql.Identifier(table), sql.Identifier(TARGET)
+            relation, sql.Identifier(TARGET)
         )
     ).fetchone()
     return int(row[0]) if row else 0
 
 
-def space_for(table: str, dims: int, batch_size: int = BATCH) -> SpaceConfig:
+# Source-table bytes before and after each full `partition` run: (strategy, dims) -> runs.
+GROWTH: dict[tuple[str, int], list[tuple[int, int]]] = {}
+
+
+def table_bytes(conn: psycopg.Connection, table: str) -> int:
+    row = conn.execute("SELECT pg_total_relation_size(%s::regclass)", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def space_for(
+    table: str, dims: int, batch_size: int = BATCH, destination: str = "column"
+) -> SpaceConfig:
     return parse_config(
         {
             "spaces": [
@@ -277,6 +305,7 @@ def space_for(table: str, dims: int, batch_size: int = BATCH) -> SpaceConfig:
                     "target_column": TARGET,
                     "model": {"provider": "hash", "name": "bench-hash", "dimensions": dims},
                     "batch_size": batch_size,
+                    "destination": destination,
                 }
             ]
         }
@@ -286,8 +315,8 @@ def space_for(table: str, dims: int, batch_size: int = BATCH) -> SpaceConfig:
 # ---- strategies -----------------------------------------------------------------------------
 
 
-def run_project(url: str, table: str, w: Workload) -> float:
-    space = space_for(table, w.dims)
+def run_project(url: str, table: str, w: Workload, destination: str = "column") -> float:
+    space = space_for(table, w.dims, destination=destination)
     with psycopg.connect(url, autocommit=True) as conn:
         writer = VectorWriter(conn, space, w.model_key, BIGINT_KEY)
         started = time.perf_counter()
@@ -350,15 +379,33 @@ def run_copy_insert(url: str, table: str, w: Workload) -> float:
         return time.perf_counter() - started
 
 
-def run_partition(conn: psycopg.Connection, url: str, table: str, w: Workload) -> float:
+def prepare_destination(conn: psycopg.Connection, table: str, rows: int, dims: int) -> None:
+    """The source table, then `prepare_target_column` creates the destination table."""
+    create_text_table(conn, table, rows, PARTITION)
+    space = space_for(table, dims, destination="table")
+    prepare_target_column(conn, space, build_provider(space.model))
+    settle(conn, table)
+
+
+def run_partition(
+    conn: psycopg.Connection,
+    url: str,
+    table: str,
+    w: Workload,
+    strategy: str = PARTITION,
+    destination: str = "column",
+) -> float:
     """prepare_target_column (untimed: one-off DDL), then embed_range over every row."""
-    space = space_for(table, w.dims)
+    space = space_for(table, w.dims, destination=destination)
     provider = build_provider(space.model)
     prepare_target_column(conn, space, provider)
     settle(conn, table)
+    before = table_bytes(conn, table)
     started = time.perf_counter()
     stats = embed_range(space, provider, database_url=url, progress_every=1e9)
     seconds = time.perf_counter() - started
+    admin(conn, sql.SQL("VACUUM {}").format(sql.Identifier(table)))  # settle the visibility map
+    GROWTH.setdefault((strategy, w.dims), []).append((before, table_bytes(conn, table)))
     if stats.rows_embedded != len(w.ids):
         raise RuntimeError(f"embed_range embedded {stats.rows_embedded} of {len(w.ids)} rows")
     return seconds
@@ -428,6 +475,22 @@ def strategies(
                 (PARTITION_UUID, "part_uuid"),
                 (PARTITION_TEXT, "part_text"),
             )
+        ),
+        Strategy(
+            PROJECT_TABLE,
+            "proj_table",
+            rows,
+            lambda t: prepare_destination(conn, t, rows, dims),
+            lambda t: run_project(url, t, w, "table"),
+            "bare writer, vectors in their own table",
+        ),
+        Strategy(
+            PARTITION_TABLE,
+            "part_table",
+            rows,
+            lambda t: create_text_table(conn, t, rows, PARTITION),
+            lambda t: run_partition(conn, url, t, w, PARTITION_TABLE, "table"),
+            f"batch_size {BATCH}; embed_range, vectors in their own table",
         ),
     ]
 
@@ -510,6 +573,8 @@ def report(results: Sequence[Result], console: Console) -> list[str]:
             PARTITION,
             PARTITION_UUID,
             PARTITION_TEXT,
+            PROJECT_TABLE,
+            PARTITION_TABLE,
         )
         for r in (at[s] for s in shown):
             table.add_row(
@@ -521,7 +586,7 @@ def report(results: Sequence[Result], console: Console) -> list[str]:
                 r.spread,
                 ratio(r.rate, per_row),
                 ratio(r.rate, many),
-                ratio(r.rate, project) if r.strategy in KEY_SQL else "",
+                ratio(r.rate, project) if r.strategy in (*KEY_SQL, PROJECT_TABLE) else "",
                 r.note,
             )
         table.add_section()
@@ -532,11 +597,25 @@ def report(results: Sequence[Result], console: Console) -> list[str]:
             ("partition >= 0.8x project", part, project, 0.8),
             ("uuid-key partition >= 0.9x bigint-key", at[PARTITION_UUID].rate, part, 0.9),
             ("text-key partition >= 0.9x bigint-key", at[PARTITION_TEXT].rate, part, 0.9),
+            ("table-mode writer >= 1.3x column-mode", at[PROJECT_TABLE].rate, project, 1.3),
+            (
+                "table-mode writer >= 0.8x COPY INSERT",
+                at[PROJECT_TABLE].rate,
+                at[COPY_INSERT].rate,
+                0.8,
+            ),
+            ("table-mode partition >= 1.3x column", at[PARTITION_TABLE].rate, part, 1.3),
         ]:
             x = value / base
             verdict = "PASS" if x >= need else "FAIL"
             verdicts.append(f"{dims}d: {label}: {verdict} ({x:.2f}x)")
     console.print(table)
+    for (strategy, dims), runs in sorted(GROWTH.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        before, after = runs[-1]
+        verdicts.append(
+            f"{dims}d: source table size after a full {strategy}: {before / 2**20:.1f} MB ->"
+            f" {after / 2**20:.1f} MB ({after / before:.2f}x)"
+        )
     return verdicts
 
 

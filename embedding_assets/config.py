@@ -207,6 +207,27 @@ class SpaceConfig(_Strict):
         ),
     )
     target_column: str
+    destination: Literal["column", "table"] = Field(
+        default="column",
+        description=(
+            "Where the vectors live: `column` adds the vector and its provenance to the table; "
+            "`table` writes them into a table of their own and leaves the source table alone"
+        ),
+    )
+    destination_table: str | None = Field(
+        default=None,
+        description=(
+            "`destination: table` only: `table` or `schema.table`; default "
+            "embedding_backfills.<table>_<target_column>"
+        ),
+    )
+    destination_key: str | None = Field(
+        default=None,
+        description=(
+            "`destination: table` only: the destination table's column that holds the source "
+            "key (an adopted side table keyed by, e.g., message_id); default: id_column"
+        ),
+    )
     model: ModelConfig
     batch_size: int = Field(default=128, gt=0, le=10_000)
     partition_size: int = Field(default=100_000, gt=0)
@@ -233,17 +254,19 @@ class SpaceConfig(_Strict):
             )
         return value
 
-    @field_validator("id_column", "target_column", "text_column")
+    @field_validator("id_column", "target_column", "text_column", "destination_key")
     @classmethod
     def _ident(cls, value: str | None) -> str | None:
         return None if value is None else _check_identifier(value, "column names")
 
-    @field_validator("table")
+    @field_validator("table", "destination_table")
     @classmethod
-    def _table_shape(cls, value: str) -> str:
+    def _table_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = value.split(".")
         if len(parts) > 2:
-            raise ValueError("table must be `table` or `schema.table`")
+            raise ValueError("table names must be `table` or `schema.table`")
         for part in parts:
             _check_identifier(part, "table and schema names")
         return value
@@ -259,6 +282,18 @@ class SpaceConfig(_Strict):
                 "target_column is too long: its provenance columns "
                 f"({self.text_hash_column}, {self.model_key_column}) exceed 63 bytes"
             )
+        if self.destination == "column" and (
+            self.destination_table is not None or self.destination_key is not None
+        ):
+            raise ValueError("destination_table and destination_key need `destination: table`")
+        if self.destination == "table":
+            if len(self.vector_table_name.encode()) > _MAX_IDENT:
+                raise ValueError(
+                    f"the default destination table name {self.vector_table_name!r} passes 63 "
+                    "bytes; set destination_table"
+                )
+            if (self.vector_schema, self.vector_table_name) == (self.schema_name, self.table_name):
+                raise ValueError("destination_table must not be the source table itself")
         return self
 
     # Per-row provenance lives next to the vector, written by the same UPDATE, so a vector
@@ -281,6 +316,30 @@ class SpaceConfig(_Strict):
     def table_name(self) -> str:
         return self.table.split(".")[-1]
 
+    # Where the vector columns live: the source table, or the destination table. By default
+    # the destination sits in the project's own schema, so the application's schema (and its
+    # ORM migrations) sees nothing but the read view.
+    @property
+    def vector_schema(self) -> str:
+        if self.destination == "column":
+            return self.schema_name
+        if self.destination_table is not None and "." in self.destination_table:
+            return self.destination_table.split(".")[0]
+        return "embedding_backfills" if self.destination_table is None else "public"
+
+    @property
+    def vector_key_column(self) -> str:
+        """The column of the vectors' relation that holds the source key."""
+        return self.destination_key or self.id_column
+
+    @property
+    def vector_table_name(self) -> str:
+        if self.destination == "column":
+            return self.table_name
+        if self.destination_table is not None:
+            return self.destination_table.split(".")[-1]
+        return f"{self.table_name}_{self.target_column}"
+
 
 class ProjectConfig(_Strict):
     spaces: list[SpaceConfig] = Field(min_length=1)
@@ -294,6 +353,11 @@ class ProjectConfig(_Strict):
         targets = [(s.schema_name, s.table_name, s.target_column) for s in self.spaces]
         if len(set(targets)) != len(targets):
             raise ValueError("two spaces write the same target column; give each its own column")
+        tables = [
+            (s.vector_schema, s.vector_table_name) for s in self.spaces if s.destination == "table"
+        ]
+        if len(set(tables)) != len(tables):
+            raise ValueError("two spaces write the same destination_table; give each its own")
         return self
 
     def space(self, name: str) -> SpaceConfig:

@@ -180,3 +180,30 @@ def test_a_configuration_that_cannot_be_read_is_an_error(
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="not found"):
         include_object_for()
+
+
+def test_a_destination_table_space_gives_autogenerate_nothing_to_do(
+    conn: psycopg.Connection, engine: Engine, dagster_instance: DagsterInstance
+) -> None:
+    """`destination: table` leaves the application's schema alone: alembic's default
+    comparison (the default schema only) finds no difference at all, without any filter."""
+    space, _ = embedded_docs(conn, dagster_instance, 300, destination="table")
+    run_asset(space, dagster_instance, "hnsw_index")
+    run_asset(space, dagster_instance, "registry")
+    models = app_models()
+    assert autogenerate(engine, models, include_schemas=False) == set()
+    # comparing every schema shows the project's own schema, which the filter covers
+    assert ("remove_table", "embedding_backfills.docs_emb") in autogenerate(engine, models)
+    assert autogenerate(engine, models, include_object) == set()
+
+    # a destination table placed in the application's schema is known by its name
+    elsewhere = make_space(
+        name="docs_public_dest",
+        destination="table",
+        destination_table="docs_vectors",
+        target_column="emb2",
+    )
+    run_asset(elsewhere, dagster_instance, "target_column")
+    assert ("remove_table", "docs_vectors") in autogenerate(engine, models, include_schemas=False)
+    config = parse_config({"spaces": [space.model_dump(), elsewhere.model_dump()]})
+    assert autogenerate(engine, models, include_object_for(config), include_schemas=False) == set()

@@ -245,3 +245,32 @@ def test_an_unknown_tokenizer_is_labelled_approximate() -> None:
     counter = token_counter(ollama, None)
     assert counter is not None and not counter.exact and "approximate" in counter.method
     assert counter.count(["abcdefgh", "Zażółć"]) == [2, 3]  # 8 and 10 UTF-8 bytes
+
+
+def test_plan_for_a_destination_table_writes_nothing_and_estimates_its_disk(
+    conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_docs(conn, 1200)
+    space = make_space(destination="table", batch_size=50, partition_size=500)
+    before = snapshot(conn)
+    code, report, human = run_plan(space, tmp_path, monkeypatch)
+    assert snapshot(conn) == before and code == 0, human
+    assert "docs_emb absent" in finding(report, "target_column")["detail"]
+    assert "public.docs is not altered" in finding(report, "target_column")["detail"]
+    storage = report["storage"]
+    assert storage["destination"] == "table" and storage["source_table_growth_bytes"] == 0
+    assert storage["peak_bytes"] == storage["added_bytes"]  # no dead row versions anywhere
+    assert "source table unchanged" in human
+
+    # the estimate, next to what the destination table (heap + primary key) really takes
+    prepare_target_column(conn, space, build_provider(space.model))
+    embed_range(space, build_provider(space.model), KeyRange(None, "601"))
+    code, report, _ = run_plan(space, tmp_path, monkeypatch)
+    assert report["rows_done"] == 528  # rows 1..600 with text: read from the destination
+    embed_range(space, build_provider(space.model))
+    conn.execute("VACUUM embedding_backfills.docs_emb")
+    measured = conn.execute(
+        "SELECT pg_relation_size('embedding_backfills.docs_emb')"
+        " + pg_relation_size('embedding_backfills.docs_emb_pkey')"
+    ).fetchone()[0]
+    assert 0.75 <= storage["added_bytes"] / measured <= 1.25, (storage, measured)

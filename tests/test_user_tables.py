@@ -7,7 +7,8 @@
 
 Each: adopt the old column, build a new 384-d space next to it (the old index never blocks
 it), checks, index, shadow validation, activation, an edit and an insert caught by drift,
-rollback. The old column is filled by a stand-in 1536-d model (the hash provider).
+rollback. The old column is filled by a stand-in 1536-d model (the hash provider). The new
+space is built in both destinations: a column of the table, and a table of its own.
 """
 
 from __future__ import annotations
@@ -111,9 +112,14 @@ def create_shape(conn: psycopg.Connection, shape: Shape, legacy_model: str) -> N
     )
 
 
+@pytest.mark.parametrize("destination", ["column", "table"])
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_a_users_table_through_the_whole_life(
-    conn: psycopg.Connection, dagster_instance: DagsterInstance, tmp_path: Path, name: str
+    conn: psycopg.Connection,
+    dagster_instance: DagsterInstance,
+    tmp_path: Path,
+    name: str,
+    destination: str,
 ) -> None:
     shape = SHAPES[name]
     create_shape(conn, shape, "legacy-1536")
@@ -138,6 +144,7 @@ def test_a_users_table_through_the_whole_life(
                     **common,
                     "name": f"{shape.table}_new",
                     "target_column": "embedding_new",
+                    "destination": destination,
                     "model": {"provider": "hash", "name": "new-384", "dimensions": 384},
                     "shadow": {"report_dir": str(tmp_path), "sample_size": 30},
                 },
@@ -162,7 +169,12 @@ def test_a_users_table_through_the_whole_life(
     expected = conn.execute(
         f"SELECT count(*) FROM {shape.table} WHERE {shape.where or 'true'}"
     ).fetchone()[0]
-    assert conn.execute(f"SELECT count(embedding_new) FROM {shape.table}").fetchone() == (expected,)
+    vectors = (
+        f"embedding_backfills.{shape.table}_embedding_new"
+        if destination == "table"
+        else shape.table
+    )
+    assert conn.execute(f"SELECT count(embedding_new) FROM {vectors}").fetchone() == (expected,)
     if shape.where:  # soft-deleted rows get no vector and are not missing
         assert checks["complete"]["rows_with_text"] == expected
 

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from ..config import SpaceConfig
 from ..errors import DatabaseError, SpaceConflictError
+from .destination import destination_of
 from .keys import KeyType, inspect_key
 
 
@@ -38,6 +39,9 @@ class TableInfo:
     key: KeyType
     target: ColumnInfo | None
     provenance_present: bool
+    # The relation holding the vector columns: the table itself (destination `column`), or
+    # the destination table; None while that table does not exist yet.
+    vectors_oid: int | None = None
 
     @property
     def qualified(self) -> sql.Composed:
@@ -53,8 +57,12 @@ def table_ident(space: SpaceConfig) -> sql.Composed:
 def space_sql(space: SpaceConfig) -> dict[str, sql.Composable]:
     """The quoted names every query of a space uses, for `sql.SQL(...).format(**...)`:
     t table, id key, v vector, hc text hash, k model key, text the text expression,
-    text_hash the joins that add `x.txt` and `h.h` (see `text_hash_join`)."""
+    text_hash the joins that add `x.txt` and `h.h` (see `text_hash_join`); and where the
+    vectors live (`db.destination`): vjoin the join after `{text_hash}`, tv / thc / tk
+    the qualified vector, hash and model-key columns, vt the relation holding them, vid its
+    key column."""
     return {
+        **destination_of(space).names(),
         "t": table_ident(space),
         "id": sql.Identifier(space.id_column),
         "v": sql.Identifier(space.target_column),
@@ -158,11 +166,12 @@ def inspect_table(conn: psycopg.Connection, space: SpaceConfig) -> TableInfo:
         if expression is not None:
             _check_expression(conn, space, setting, expression)
 
-    target = column_info(conn, oid, space.target_column)
+    vectors_oid = oid if space.destination == "column" else _destination_table(conn, space, key)
+    target = column_info(conn, vectors_oid, space.target_column) if vectors_oid else None
     if target is not None:
         check_target_column(space, target)
-    hash_col = column_info(conn, oid, space.text_hash_column)
-    key_col = column_info(conn, oid, space.model_key_column)
+    hash_col = column_info(conn, vectors_oid, space.text_hash_column) if vectors_oid else None
+    key_col = column_info(conn, vectors_oid, space.model_key_column) if vectors_oid else None
     return TableInfo(
         oid=oid,
         schema=space.schema_name,
@@ -170,7 +179,47 @@ def inspect_table(conn: psycopg.Connection, space: SpaceConfig) -> TableInfo:
         key=key,
         target=target,
         provenance_present=hash_col is not None and key_col is not None,
+        vectors_oid=vectors_oid,
     )
+
+
+def _destination_table(conn: psycopg.Connection, space: SpaceConfig, key: KeyType) -> int | None:
+    """The destination table's oid once it exists, checked to be one this space can use: a
+    plain table whose key column has the source key's type and a unique index."""
+    found = relation(conn, space.vector_schema, space.vector_table_name)
+    if found is None:
+        return None
+    oid, relkind = found
+    where = (
+        f"space {space.name!r}: destination table {space.vector_schema}.{space.vector_table_name}"
+    )
+    if relkind not in ("r", "p"):
+        raise SpaceConflictError(
+            f"{where} exists but is not a table (relkind {relkind!r}); set destination_table "
+            "to a new name"
+        )
+    column = column_info(conn, oid, space.vector_key_column)
+    if column is None or column.formatted != key.formatted:
+        found_as = "is missing" if column is None else f"is {column.formatted}"
+        raise SpaceConflictError(
+            f"{where} exists, but its key column {space.vector_key_column!r} {found_as}, not "
+            f"{key.formatted} like {space.table}; it is not this space's destination: set "
+            "destination_table to a new name"
+        )
+    unique = conn.execute(
+        "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        " AND a.attnum = i.indkey[0] WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid"
+        " AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = %s",
+        (oid, space.vector_key_column),
+    ).fetchone()
+    if unique is None:
+        raise SpaceConflictError(
+            f"{where} has no primary key or unique index on {space.vector_key_column!r}: "
+            "vectors are written one per source row by that key. Add one (CREATE UNIQUE INDEX "
+            "CONCURRENTLY), "
+            "or set destination_table to a new name"
+        )
+    return oid
 
 
 def _check_expression(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from psycopg import sql
@@ -76,6 +76,10 @@ class KeyType:
         if self.collation is None:
             return value
         return sql.SQL("{} COLLATE {}").format(value, _collation(self.collation))
+
+    def of_column(self, column: str) -> KeyType:
+        """The same key held by another column (a destination table's key column)."""
+        return replace(self, column=column)
 
     def array(self, placeholder: str) -> sql.Composable:
         """A named array parameter of key values (sent as text[]), as the key's type."""

@@ -55,6 +55,10 @@ class SpaceRecord:
     drift_status_since: datetime | None = None
     drift_failures: list[str] | None = None
     drift_detail: str | None = None
+    # added by sql/008: where the vector column lives (see db.destination)
+    destination: str = "column"
+    vector_schema: str | None = None
+    vector_table: str | None = None
 
     @property
     def identity(self) -> ModelIdentity:
@@ -142,6 +146,18 @@ def check_registration(
                 f"space {space.name!r} is registered for column {where}, not "
                 f"{space.table}.{space.target_column}; use a new space name for a new column"
             )
+        if (record.destination, record.vector_schema, record.vector_table) != (
+            space.destination,
+            space.vector_schema,
+            space.vector_table_name,
+        ) and record.vector_schema is not None:
+            raise SpaceConflictError(
+                f"space {space.name!r} is registered with its vectors in "
+                f"{record.vector_schema}.{record.vector_table} (destination "
+                f"{record.destination}), not {space.vector_schema}.{space.vector_table_name} "
+                f"(destination {space.destination}); a space's vectors do not move: restore "
+                "`destination` / `destination_table`, or build a new space"
+            )
         if record.model_key != identity.key:
             raise SpaceConflictError(
                 f"space {space.name!r} ({where}) was registered for {record.identity.label()}, "
@@ -164,8 +180,8 @@ def register_space(
     conn.execute(
         "INSERT INTO embedding_backfills.vector_spaces"
         " (name, table_schema, table_name, column_name, provider, model, revision, dimensions,"
-        "  normalize, model_key, fingerprint, status)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'building')"
+        "  normalize, model_key, fingerprint, status, destination, vector_schema, vector_table)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'building', %s, %s, %s)"
         " ON CONFLICT DO NOTHING",
         (
             space.name,
@@ -179,6 +195,9 @@ def register_space(
             identity.normalize,
             identity.key,
             Jsonb(fingerprint.to_json()),
+            space.destination,
+            space.vector_schema,
+            space.vector_table_name,
         ),
     )
     # A concurrent registration of the same space is fine; of another one, it is caught here.

@@ -22,6 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from ..config import ModelConfig, SpaceConfig
+from ..db.destination import destination_of
 from ..errors import EmbeddingBackfillError, EndpointUnavailableError
 from ..pipeline.backfill import embed_range
 from ..pipeline.partitions import KeyRange, ranges_for_keys, recorded_ranges, span
@@ -64,6 +65,9 @@ class TargetColumnConfig(Config):
 def _model_metadata(space: SpaceConfig, identity_label: str, model_key: int) -> dict[str, object]:
     return {
         "table": space.table,
+        "destination": space.destination,
+        # where the vectors are: `schema.table.column` (the table itself, or its own table)
+        "vectors": destination_of(space).label,
         "column": space.target_column,
         "model": identity_label,
         "provider": space.model.provider,
@@ -111,7 +115,7 @@ def build_space_assets(
         group_name=space.name,
         kinds={"postgres", "pgvector"},
         description=(
-            f"Column {space.table}.{space.target_column} as vector({space.model.dimensions}), "
+            f"Column {destination_of(space).label} as vector({space.model.dimensions}), "
             f"registered as space {space.name!r}{description_suffix}; lays out the key-range "
             "partitions (every current and future key in exactly one)."
         ),
@@ -139,7 +143,7 @@ def build_space_assets(
             context.instance.add_dynamic_partitions(name, new_keys)
         state = "created" if result.created else "exists"
         context.log.info(
-            f"{space.table}.{space.target_column} ready ({state}),"
+            f"{destination_of(space).label} ready ({state}),"
             f" space {space.name!r} is {result.record.status}; {len(new_keys)} new partitions"
         )
         return MaterializeResult(
@@ -167,7 +171,7 @@ def build_space_assets(
         pool=endpoint_pool(space.model),
         retry_policy=retry_policy,
         description=(
-            f"Vectors in {space.table}.{space.target_column}{description_suffix}, one partition "
+            f"Vectors in {destination_of(space).label}{description_suffix}, one partition "
             f"per ~{space.partition_size:,} rows of the key. Re-running skips rows already "
             "embedded from the same text by the same model."
         ),

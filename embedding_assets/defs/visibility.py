@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from ..config import SpaceConfig
+from ..db.destination import destination_of
 from ..db.registry import get_space
 from ..lifecycle.activation import activate_space
 from ..lifecycle.index import build_hnsw_index
@@ -51,8 +52,8 @@ def build_visibility_assets(space: SpaceConfig) -> list[AssetsDefinition]:
         automation_condition=index_automation_condition(),
         description=(
             f"HNSW index ({space.index.opclass}, m={space.index.m}, "
-            f"ef_construction={space.index.ef_construction}) on {space.table}."
-            f"{space.target_column}, built CONCURRENTLY once the checks passed."
+            f"ef_construction={space.index.ef_construction}) on "
+            f"{destination_of(space).label}, built CONCURRENTLY once the checks passed."
         ),
     )
     def hnsw_index(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
@@ -109,6 +110,7 @@ def build_visibility_assets(space: SpaceConfig) -> list[AssetsDefinition]:
                 "status": record.status,
                 "table": space.table,
                 "column": space.target_column,
+                "vectors": destination_of(space).label,
                 "model": record.identity.label(),
                 "dimensions": record.dimensions,
                 "index_name": record.index_name or "",

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from ..config import ProjectConfig, SpaceConfig, load_config
 from ..db.connection import connection, database_url, redacted
-from ..db.introspect import table_ident
+from ..db.introspect import space_sql
 from ..defs.adoption import build_adoption_assets
 from ..defs.assets import build_space_assets
 from ..defs.checks import build_space_checks
@@ -89,20 +89,15 @@ def _metadata_of(result: object, key: AssetKey) -> dict[str, object]:
 
 def verify_space(space: SpaceConfig, url: str) -> tuple[int, int, list[int], int]:
     """(vectors, rows with text, distinct dimensions, distinct model keys), straight from SQL."""
-    text = sql.Identifier(space.text_column or "")
+    text = sql.Identifier("t", space.text_column or "")
     with connection(url, autocommit=True) as conn:
         row = conn.execute(
             sql.SQL(
-                "SELECT count({v}),"
+                "SELECT count({tv}),"
                 " count(*) FILTER (WHERE btrim(coalesce({txt}, ''), E' \\t\\r\\n') <> ''),"
-                " array_remove(array_agg(DISTINCT vector_dims({v})), NULL), count(DISTINCT {k})"
-                " FROM {t}"
-            ).format(
-                v=sql.Identifier(space.target_column),
-                txt=text,
-                k=sql.Identifier(space.model_key_column),
-                t=table_ident(space),
-            )
+                " array_remove(array_agg(DISTINCT vector_dims({tv})), NULL), count(DISTINCT {tk})"
+                " FROM {t} AS t {vjoin}"
+            ).format(txt=text, **space_sql(space))
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), list(row[2]), int(row[3])

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
+from ..db.destination import destination_of
 from ..db.introspect import space_sql
 from ..db.keys import KeyType
 from ..pipeline.partitions import KeyRange, range_filter
@@ -51,10 +52,13 @@ def _partition_query(space: SpaceConfig, key: KeyType, key_range: KeyRange) -> s
     return sql.SQL(
         """
         WITH w AS MATERIALIZED (
-            SELECT t.{id} AS id, t.{v} IS NOT NULL AS has_v, t.{k} AS k, t.{hc} AS hc, h.h
+            SELECT t.{id} AS id, {tv} IS NOT NULL AS has_v, {tk} AS k, {thc} AS hc, h.h
             FROM {t} AS t
             {text_hash}
+            {vjoin}
             WHERE {in_range}
+            UNION ALL  -- destination `table`: vectors of deleted rows count as vectors w/o text
+            SELECT e.{vk}, true, e.{k}, e.{hc}, NULL FROM {orphans} AND {e_range}
         ), f AS (
             SELECT id, h IS NOT NULL AND NOT has_v AS missing,
                    has_v AND h IS NOT NULL AND k = %(key)s AND hc IS DISTINCT FROM h AS stale,
@@ -66,7 +70,12 @@ def _partition_query(space: SpaceConfig, key: KeyType, key_range: KeyRange) -> s
                md5(string_agg(id::text, ',' ORDER BY id) FILTER (WHERE missing OR stale OR orphan))
         FROM f
         """
-    ).format(in_range=range_filter(key, key_range), **space_sql(space))
+    ).format(
+        in_range=range_filter(key, key_range),
+        orphans=destination_of(space).orphans(),
+        e_range=range_filter(key.of_column(space.vector_key_column), key_range, "e"),
+        **space_sql(space),
+    )
 
 
 def sweep_window(

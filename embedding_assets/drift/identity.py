@@ -12,6 +12,7 @@ import psycopg
 
 from ..checks.column import CheckVerdict
 from ..config import SpaceConfig
+from ..db.destination import destination_of
 from ..db.introspect import column_info, relation
 from ..db.registry import SpaceRecord, record_drift_verdict
 from ..errors import ProviderError
@@ -29,7 +30,7 @@ def config_verdict(
     """The configured model, the registry and the column's declared dimension agree."""
     identity = provider.identity
     dims = space.model.dimensions
-    where = f"{space.table}.{space.target_column}"
+    where = destination_of(space).label
     problems: list[str] = []
     declared: int | str = "missing"
     if record.model_key != identity.key:
@@ -38,7 +39,7 @@ def config_verdict(
             f"for {record.identity.label()}; restore the configuration, or declare a new space "
             "with a new target_column for the new model"
         )
-    table = relation(conn, space.schema_name, space.table_name)
+    table = relation(conn, space.vector_schema, space.vector_table_name)
     column = column_info(conn, table[0], space.target_column) if table else None
     if column is None:
         problems.append(f"column {where} no longer exists; rebuild the space or roll back")

@@ -99,7 +99,12 @@ class ProjectObjects:
             for s in self.spaces
             for column in space_columns(s.target_column)
         )
-        self._indexes = frozenset((s.schema_name, index_name(s)) for s in self.spaces)
+        self._indexes = frozenset((s.vector_schema, index_name(s)) for s in self.spaces)
+        # `destination: table` spaces: their own tables (by default in the project's schema,
+        # which the schema rule covers; a destination_table elsewhere is known by name)
+        self._tables = frozenset(
+            (s.vector_schema, s.vector_table_name) for s in self.spaces if s.destination == "table"
+        )
 
     def __call__(
         self,
@@ -115,6 +120,8 @@ class ProjectObjects:
         if table.schema == SCHEMA:
             return False
         schema = table.schema or DEFAULT_SCHEMA
+        if (schema, table.name) in self._tables:
+            return False
         # The shape is judged on the database's side: the reflected object itself, or the
         # reflected counterpart a model object is compared to (None: not in the database).
         db_table = _table_of(object_ if reflected else compare_to)

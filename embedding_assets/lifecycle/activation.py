@@ -17,7 +17,8 @@ from psycopg import sql
 
 from ..checks.column import evaluate_column
 from ..config import ProjectConfig, SpaceConfig
-from ..db.introspect import column_info, inspect_table, table_ident
+from ..db.destination import destination_of
+from ..db.introspect import inspect_table, space_sql
 from ..db.registry import SpaceRecord, get_space, spaces_of_table
 from ..errors import SpaceConflictError
 from .index import index_definition, index_is_valid
@@ -96,9 +97,7 @@ def activate_space(
 
 def _vector_count(conn: psycopg.Connection, space: SpaceConfig) -> int:
     row = conn.execute(
-        sql.SQL("SELECT count({}) FROM {}").format(
-            sql.Identifier(space.target_column), table_ident(space)
-        )
+        sql.SQL("SELECT count({tv}) FROM {t} AS t {vjoin}").format(**space_sql(space))
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -135,8 +134,8 @@ def rollback(
             "embedding_backfills.yaml to roll back to it (its checks need its text source)"
         )
     info = inspect_table(conn, space)
-    if column_info(conn, info.oid, space.target_column) is None:
-        raise SpaceConflictError(f"space {record.name!r}: column {space.target_column} is gone")
+    if info.target is None:
+        raise SpaceConflictError(f"space {record.name!r}: {destination_of(space).label} is gone")
     # An adopted column may never have had an index; a built space always has one.
     needs_index = record.index_name is not None or not record.adopted
     if needs_index and not (record.index_name and index_is_valid(conn, space, record.index_name)):

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from ..checks.column import ColumnReport, evaluate_column
 from ..config import SpaceConfig
+from ..db.destination import destination_of
 from ..db.introspect import indexes_on_column, inspect_table, space_sql
 from ..db.migrations import apply_migrations, check_pgvector
 from ..db.registry import SpaceRecord, check_registration, get_space
@@ -62,8 +63,8 @@ def verify_sample(
 ) -> SampleVerdict:
     """Re-embed a random sample of rows and compare with their stored vectors."""
     query = sql.SQL(
-        "SELECT x.txt, t.{v}::real[] FROM {t} AS t CROSS JOIN LATERAL (SELECT {text} AS txt) x"
-        " WHERE t.{v} IS NOT NULL AND btrim(coalesce(x.txt, ''), E' \\t\\r\\n') <> ''"
+        "SELECT x.txt, {tv}::real[] FROM {t} AS t CROSS JOIN LATERAL (SELECT {text} AS txt) x"
+        " {vjoin} WHERE {tv} IS NOT NULL AND btrim(coalesce(x.txt, ''), E' \\t\\r\\n') <> ''"
         " ORDER BY random() LIMIT %s"
     ).format(**space_sql(space))
     with conn.transaction():
@@ -100,7 +101,7 @@ def adopt_column(
     info = inspect_table(conn, space)  # a column of another declared dimension is refused
     if info.target is None:
         raise DatabaseError(
-            f"space {space.name!r}: column {space.table}.{space.target_column} does not exist; "
+            f"space {space.name!r}: column {destination_of(space).label} does not exist; "
             "adopt: true registers a column that already holds vectors"
         )
     identity = provider.identity
@@ -119,16 +120,18 @@ def adopt_column(
     if not sample.passed:
         raise SpaceConflictError(
             f"space {space.name!r}: {identity.label()} does not reproduce the vectors stored in "
-            f"{space.table}.{space.target_column}: {sample.describe()}. The column was written "
+            f"{destination_of(space).label}: {sample.describe()}. The column was written "
             "by another model, or with other settings (normalize, dimensions, truncation) or "
             "from other text; declare the model that wrote it"
         )
-    valid = [i for i in indexes_on_column(conn, info.oid, space.target_column) if i.valid]
+    assert info.vectors_oid is not None  # the column exists
+    valid = [i for i in indexes_on_column(conn, info.vectors_oid, space.target_column) if i.valid]
     index_name = valid[0].name if valid else None
     index_def = None
     if index_name:
         row = conn.execute(
-            "SELECT pg_get_indexdef(to_regclass(%s))", (f"{space.schema_name}.{index_name}",)
+            "SELECT pg_get_indexdef(%s::regclass)",
+            (sql.Identifier(space.vector_schema, index_name).as_string(conn),),
         ).fetchone()
         index_def = row[0] if row else None
     report = {
@@ -154,8 +157,10 @@ def adopt_column(
             "INSERT INTO embedding_backfills.vector_spaces"
             " (name, table_schema, table_name, column_name, provider, model, revision,"
             "  dimensions, normalize, model_key, fingerprint, status, adopted, adoption_report,"
-            "  index_name, index_expression, row_count, validated_at, activated_at, retired_at)"
+            "  index_name, index_expression, row_count, destination, vector_schema, vector_table,"
+            "  validated_at, activated_at, retired_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true, %s, %s, %s, %s,"
+            "  %s, %s, %s,"
             "  now(), CASE WHEN %s::text = 'active' THEN now() END,"
             "  CASE WHEN %s::text = 'retired' THEN now() END)"
             " ON CONFLICT (name) DO UPDATE SET adoption_report = EXCLUDED.adoption_report,"
@@ -165,7 +170,8 @@ def adopt_column(
                 space.name, space.schema_name, space.table_name, space.target_column,
                 identity.provider, identity.model, identity.revision, identity.dimensions,
                 identity.normalize, identity.key, Jsonb(fingerprint.to_json()), status,
-                Jsonb(report), index_name, index_def, column.vectors, status, status,
+                Jsonb(report), index_name, index_def, column.vectors, space.destination,
+                space.vector_schema, space.vector_table_name, status, status,
             ),
         )  # fmt: skip
         if status == "active":  # what applications query today: the read view shows it too

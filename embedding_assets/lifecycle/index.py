@@ -19,7 +19,8 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import column_info, indexes_on_column, inspect_table, relation, table_ident
+from ..db.destination import destination_of
+from ..db.introspect import indexes_on_column, inspect_table, relation
 from ..errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,12 @@ class IndexResult:
 
 
 def index_name(space: SpaceConfig) -> str:
-    """`<table>_<column>_hnsw`, shortened with a digest when it would pass 63 bytes."""
-    name = f"{space.table_name}_{space.target_column}_hnsw"
+    """`<table>_<column>_hnsw` (of the table holding the vectors), shortened with a digest
+    when it would pass 63 bytes."""
+    if space.destination == "table":
+        name = f"{space.vector_table_name}_hnsw"
+    else:
+        name = f"{space.table_name}_{space.target_column}_hnsw"
     if len(name.encode()) <= 63:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
@@ -74,7 +79,7 @@ def index_definition(
 ) -> tuple[str, sql.Composable, str]:
     """The space's index: name, indexed SQL expression with opclass, and its text form."""
     info = inspect_table(conn, space)
-    target = column_info(conn, info.oid, space.target_column)
+    target = info.target
     if target is None:
         raise DatabaseError(f"space {space.name!r}: {space.target_column} does not exist")
     expression, text = index_expression(space, target.typmod)
@@ -86,19 +91,22 @@ def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResul
     settings = space.index
     name, expression, text = index_definition(conn, space)
     info = inspect_table(conn, space)
+    assert info.vectors_oid is not None  # index_definition checked the column exists
     dropped: list[str] = []
-    for existing in indexes_on_column(conn, info.oid, space.target_column):
+    for existing in indexes_on_column(conn, info.vectors_oid, space.target_column):
         if not existing.valid:
             # Left by an interrupted CONCURRENTLY build: useless, and it blocks the name.
             conn.execute(
                 sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    sql.Identifier(space.schema_name, existing.name)
+                    sql.Identifier(space.vector_schema, existing.name)
                 )
             )
             dropped.append(existing.name)
             log.warning("dropped INVALID index %s left by an interrupted build", existing.name)
     started = time.monotonic()
-    existing_valid = {i.name for i in indexes_on_column(conn, info.oid, space.target_column)}
+    existing_valid = {
+        i.name for i in indexes_on_column(conn, info.vectors_oid, space.target_column)
+    }
     created = name not in existing_valid
     if created:
         conn.execute(
@@ -117,13 +125,13 @@ def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResul
                 " WITH (m = {m}, ef_construction = {ef})"
             ).format(
                 name=sql.Identifier(name),
-                t=table_ident(space),
+                t=destination_of(space).relation,
                 expr=expression,
                 m=sql.Literal(space.index.m),
                 ef=sql.Literal(space.index.ef_construction),
             )
         )
-    index = relation(conn, space.schema_name, name)
+    index = relation(conn, space.vector_schema, name)
     size = conn.execute("SELECT pg_relation_size(%s)", (index[0],)).fetchone() if index else None
     return IndexResult(
         name=name,
@@ -136,7 +144,7 @@ def build_hnsw_index(conn: psycopg.Connection, space: SpaceConfig) -> IndexResul
 
 
 def index_is_valid(conn: psycopg.Connection, space: SpaceConfig, name: str) -> bool:
-    index = relation(conn, space.schema_name, name)
+    index = relation(conn, space.vector_schema, name)
     if index is None:
         return False
     row = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s", (index[0],))

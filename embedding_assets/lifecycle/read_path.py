@@ -32,7 +32,8 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 
 from ..config import ModelConfig, ProjectConfig, SpaceConfig, load_config
-from ..db.introspect import relation, table_ident
+from ..db.destination import destination_of
+from ..db.introspect import relation
 from ..db.migrations import apply_migrations
 from ..db.registry import SpaceRecord, get_space, spaces_of_table
 from ..errors import ConfigError, DatabaseError, SpaceConflictError
@@ -196,19 +197,18 @@ def _view_body(
     invoker = conn.info.server_version >= SECURITY_INVOKER_SINCE
     options = sql.SQL(" WITH (security_invoker = true)" if invoker else "")
     return sql.SQL(
-        "{options} AS SELECT {id} AS id, {embedding} AS embedding, {space}::text AS space,"
+        "{options} AS SELECT e.{id} AS id, {embedding} AS embedding, {space}::text AS space,"
         " {provider}::text AS provider, {model}::text AS model, {dims}::integer AS dimensions"
-        " FROM {t} WHERE {v} IS NOT NULL"
+        " FROM {readable}"
     ).format(
+        readable=destination_of(space).readable(),
         options=options,
-        id=sql.Identifier(space.id_column),
+        id=sql.Identifier(space.vector_key_column),
         embedding=e.embedding(),
         space=sql.Literal(record.name),
         provider=sql.Literal(record.provider),
         model=sql.Literal(record.model),
         dims=sql.Literal(record.dimensions),
-        t=table_ident(space),
-        v=sql.Identifier(record.column_name),
     )
 
 
@@ -342,15 +342,14 @@ def search(
 def nearest_query(space: SpaceConfig, expression: SpaceExpression, k: int) -> sql.Composed:
     """`(id, distance)` of the k nearest rows, ordered by the indexed expression."""
     return sql.SQL(
-        "SELECT {id}, {embedding} {op} {q} AS distance FROM {t} WHERE {v} IS NOT NULL"
+        "SELECT e.{id}, {embedding} {op} {q} AS distance FROM {readable}"
         " ORDER BY distance LIMIT {k}"
     ).format(
-        id=sql.Identifier(space.id_column),
+        readable=destination_of(space).readable(),
+        id=sql.Identifier(space.vector_key_column),
         embedding=expression.embedding(),
         op=sql.SQL(expression.operator),
         q=expression.parameter(),
-        t=table_ident(space),
-        v=sql.Identifier(expression.column),
         k=sql.Literal(k),
     )
 

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import table_ident
+from ..db.destination import destination_of
 from ..db.registry import SpaceRecord, get_space
 from ..errors import SpaceConflictError
 
@@ -45,17 +45,17 @@ def backup_space(conn: psycopg.Connection, space: SpaceConfig) -> Backup:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = directory / f"{space.name}-{stamp}.pgcopy"
     partial = path.with_suffix(".partial")
+    # From the relation holding the vectors: the table, or the destination table.
+    names = {
+        "id": sql.Identifier(space.vector_key_column),
+        "v": sql.Identifier(space.target_column),
+        "vt": destination_of(space).relation,
+    }
     query = sql.SQL(
-        "COPY (SELECT {id}, {v} FROM {t} WHERE {v} IS NOT NULL ORDER BY {id})"
+        "COPY (SELECT {id}, {v} FROM {vt} WHERE {v} IS NOT NULL ORDER BY {id})"
         " TO STDOUT (FORMAT BINARY)"
-    ).format(
-        id=sql.Identifier(space.id_column),
-        v=sql.Identifier(space.target_column),
-        t=table_ident(space),
-    )
-    count = sql.SQL("SELECT count({v}) FROM {t}").format(
-        v=sql.Identifier(space.target_column), t=table_ident(space)
-    )
+    ).format(**names)
+    count = sql.SQL("SELECT count({v}) FROM {vt}").format(**names)
     # One snapshot for the count and the copy, so the recorded count is the file's.
     with conn.transaction(), partial.open("wb") as out, conn.cursor() as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -107,20 +107,11 @@ def drop_retired_space(
         if record.index_name:
             conn.execute(
                 sql.SQL("DROP INDEX IF EXISTS {}").format(
-                    sql.Identifier(space.schema_name, record.index_name)
+                    sql.Identifier(space.vector_schema, record.index_name)
                 )
             )
             dropped.append(record.index_name)
-        columns = [space.target_column, space.text_hash_column, space.model_key_column]
-        conn.execute(
-            sql.SQL("ALTER TABLE {t} {drops}").format(
-                t=table_ident(space),
-                drops=sql.SQL(", ").join(
-                    sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(c)) for c in columns
-                ),
-            )
-        )
-        dropped.extend(columns)
+        dropped.extend(destination_of(space).drop(conn))
         conn.execute(
             "UPDATE embedding_backfills.vector_spaces SET status = 'dropped', dropped_at = now()"
             " WHERE name = %s",

@@ -49,6 +49,7 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 
 from ..config import ModelConfig, ProjectConfig, SpaceConfig
+from ..db.destination import destination_of
 from ..db.introspect import column_info, inspect_table, space_sql, table_ident
 from ..db.registry import SpaceRecord, get_space, registry_exists, spaces_of_table
 from ..errors import ConfigError, DatabaseError, SpaceConflictError
@@ -106,8 +107,8 @@ class SearchPlan:
         return sql.SQL(
             "SELECT {id} FROM {t} WHERE {v} IS NOT NULL ORDER BY {expr} {op} {param} LIMIT {k}"
         ).format(
-            id=sql.Identifier(self.space.id_column),
-            t=table_ident(self.space),
+            id=sql.Identifier(self.space.vector_key_column),
+            t=destination_of(self.space).relation,
             v=sql.Identifier(self.space.target_column),
             expr=self.expression,
             op=sql.SQL(self.operator),
@@ -313,7 +314,7 @@ def search_plan(
     info = inspect_table(conn, space)
     if info.target is None:
         raise DatabaseError(
-            f"space {space.name!r}: column {space.table}.{space.target_column} does not exist; "
+            f"space {space.name!r}: {destination_of(space).label} does not exist; "
             f"materialize {space.name}/target_column and {space.name}/embeddings first"
         )
     text = record.index_expression if record is not None else None
@@ -361,7 +362,9 @@ def top_k(
 
 
 def _vector_count(conn: psycopg.Connection, space: SpaceConfig) -> int:
-    row = conn.execute(sql.SQL("SELECT count({v}) FROM {t}").format(**space_sql(space))).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT count({tv}) FROM {t} AS t {vjoin}").format(**space_sql(space))
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -370,12 +373,23 @@ def sample_rows(
 ) -> list[tuple[object, str]]:
     """(id, text) of `size` rows with vectors in both spaces and enough words; the same rows
     on every run (ordered by a seeded hash of the id, not by random())."""
+    old_at = destination_of(old)
     query = sql.SQL(
         "SELECT t.{id}, x.txt FROM {t} AS t CROSS JOIN LATERAL (SELECT {text} AS txt) AS x"
-        " WHERE t.{v} IS NOT NULL AND t.{old_v} IS NOT NULL"
+        " {vjoin} {old_join} WHERE {tv} IS NOT NULL AND {old_v} IS NOT NULL"
         " AND array_length(regexp_split_to_array(btrim(x.txt), '\\s+'), 1) >= %s"
         " ORDER BY md5(t.{id}::text || %s) LIMIT %s"
-    ).format(old_v=sql.Identifier(old.target_column), **space_sql(new))
+    ).format(
+        old_join=sql.SQL("LEFT JOIN {} AS o ON o.{vk} = t.{id}").format(
+            old_at.relation,
+            vk=sql.Identifier(old.vector_key_column),
+            id=sql.Identifier(old.id_column),
+        )
+        if old_at.kind == "table"
+        else sql.SQL(""),
+        old_v=old_at.column(old.target_column, "o" if old_at.kind == "table" else "t"),
+        **space_sql(new),
+    )
     rows = conn.execute(query, (MIN_QUERY_WORDS, SAMPLE_SEED, size)).fetchall()
     return [(r[0], str(r[1])) for r in rows]
 

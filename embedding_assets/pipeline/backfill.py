@@ -20,15 +20,16 @@ import psycopg
 
 from ..config import SpaceConfig
 from ..db.connection import connection
+from ..db.destination import destination_of
 from ..db.introspect import TableInfo, inspect_table
 from ..db.keys import KeyType
 from ..db.registry import SpaceRecord, check_registration
 from ..errors import DatabaseError, SpaceConflictError
 from ..providers import EmbeddingProvider
-from .partitions import ALL_KEYS, KeyRange, overlapping_ranges, partition_lock_key
+from .partitions import ALL_KEYS, KeyRange, overlapping_ranges, partition_lock_key, range_filter
 from .progress import Progress
 from .reader import Page, count_rows, iter_pages
-from .target import check_fingerprint, indexes_blocking_writes
+from .target import blocking_indexes, check_fingerprint
 from .writer import VectorWriter
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def preflight(
     info = inspect_table(conn, space)  # also rejects a column of another dimension
     if info.target is None or not info.provenance_present:
         raise DatabaseError(
-            f"space {space.name!r}: target column {space.table}.{space.target_column} does not "
+            f"space {space.name!r}: target column {destination_of(space).label} does not "
             f"exist yet; materialize {space.name}/target_column first"
         )
     record = check_registration(conn, space, provider.identity)
@@ -73,11 +74,11 @@ def preflight(
         raise DatabaseError(
             f"space {space.name!r} is not in the registry; materialize {space.name}/target_column"
         )
-    blocking = indexes_blocking_writes(conn, space, info.oid, record)
+    blocking = blocking_indexes(conn, space, info, record)
     if blocking:
         raise SpaceConflictError(
             f"space {space.name!r}: index {', '.join(blocking)} exists on "
-            f"{space.table}.{space.target_column}; writing into an indexed vector column is "
+            f"{destination_of(space).label}; writing into an indexed vector column is "
             "~100x slower. Drop the index (it is rebuilt after the checks pass)"
         )
     check_fingerprint(space, record, provider.fingerprint())
@@ -202,5 +203,11 @@ def embed_range(
             drain(0)
         finally:
             next_page.cancel()
+        # Destination `table`: vectors of rows deleted from the source, within this range.
+        stats.rows_cleared += destination_of(space).delete_orphans(
+            write_conn,
+            range_filter(key.of_column(space.vector_key_column), key_range, "e"),
+            model_key,
+        )
     stats.seconds = time.monotonic() - started
     return stats

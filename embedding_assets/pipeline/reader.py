@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
+from ..db.destination import destination_of
 from ..db.introspect import space_sql, table_ident
 from ..db.keys import KeyType
 from .partitions import KeyRange, range_filter
@@ -26,7 +27,7 @@ class Page:
     texts: list[str | None]  # None for done rows and NULL text
     hashes: list[bytes | None]  # sha256 of the text; None when the text is NULL or blank
     done: list[bool]  # vector present, same text hash, same model
-    has_vector: list[bool]
+    has_vector: list[bool]  # something is stored for the row (cleared when its text is gone)
 
     @property
     def last_id(self) -> object:
@@ -35,9 +36,7 @@ class Page:
 
 def done_predicate(space: SpaceConfig) -> sql.Composed:
     """True for a row `t` already embedded from its current text (`h.h`) by model `%(key)s`."""
-    return sql.SQL("t.{v} IS NOT NULL AND t.{k} = %(key)s AND t.{hc} = h.h").format(
-        **space_sql(space)
-    )
+    return sql.SQL("{tv} IS NOT NULL AND {tk} = %(key)s AND {thc} = h.h").format(**space_sql(space))
 
 
 def page_query(space: SpaceConfig, key: KeyType, key_range: KeyRange, first: bool) -> sql.Composed:
@@ -50,10 +49,10 @@ def page_query(space: SpaceConfig, key: KeyType, key_range: KeyRange, first: boo
     )
     return sql.SQL(
         """
-        SELECT t.{id}, CASE WHEN d.done THEN NULL ELSE x.txt END, h.h, d.done,
-               t.{v} IS NOT NULL
+        SELECT t.{id}, CASE WHEN d.done THEN NULL ELSE x.txt END, h.h, d.done, {stored}
         FROM {t} AS t
         {text_hash}
+        {vjoin}
         CROSS JOIN LATERAL (SELECT {done} AS done) AS d
         WHERE {in_range} AND {after}
         ORDER BY {kx}
@@ -61,6 +60,7 @@ def page_query(space: SpaceConfig, key: KeyType, key_range: KeyRange, first: boo
         """
     ).format(
         done=done_predicate(space),
+        stored=destination_of(space).stored(),
         in_range=range_filter(key, key_range),
         after=after,
         kx=key.expr("t"),

@@ -1,4 +1,5 @@
-"""Prepare a space's target column: validate everything, then add the column and register.
+"""Prepare a space's target: validate everything, then add the column (or create the
+destination table) and register.
 
 All checks run before the first write; the DDL and the registry insert share one
 transaction, so a failure leaves the database exactly as it was.
@@ -13,7 +14,8 @@ import psycopg
 from psycopg import sql
 
 from ..config import SpaceConfig
-from ..db.introspect import TableInfo, indexes_on_column, inspect_table, table_ident
+from ..db.destination import destination_of
+from ..db.introspect import TableInfo, indexes_on_column, inspect_table
 from ..db.migrations import apply_migrations, check_pgvector
 from ..db.registry import SpaceRecord, check_registration, register_space
 from ..errors import SpaceConflictError
@@ -66,6 +68,15 @@ def indexes_blocking_writes(
     return [i.name for i in indexes_on_column(conn, table_oid, space.target_column)]
 
 
+def blocking_indexes(
+    conn: psycopg.Connection, space: SpaceConfig, info: TableInfo, record: SpaceRecord | None
+) -> list[str]:
+    """`indexes_blocking_writes` on the relation that holds the space's vectors."""
+    if info.vectors_oid is None:
+        return []
+    return indexes_blocking_writes(conn, space, info.vectors_oid, record)
+
+
 def prepare_target_column(
     conn: psycopg.Connection,
     space: SpaceConfig,
@@ -73,7 +84,8 @@ def prepare_target_column(
     *,
     drop_index: bool = False,
 ) -> TargetColumn:
-    """Create `vector(dimensions)` + provenance columns if absent and register the space.
+    """Create `vector(dimensions)` + provenance columns if absent (in the table or in the
+    destination table) and register the space.
 
     `conn` must be autocommit. Refuses an index on the target column (writes into an indexed
     vector column are ~100x slower) unless `drop_index` and the space is still `building`.
@@ -88,53 +100,30 @@ def prepare_target_column(
 
     dropped: list[str] = []
     if info.target is not None:
-        blocking = indexes_blocking_writes(conn, space, info.oid, record)
+        blocking = blocking_indexes(conn, space, info, record)
         if blocking and not drop_index:
             raise SpaceConflictError(
-                f"space {space.name!r}: index {', '.join(blocking)} exists on {space.table}."
-                f"{space.target_column}; writing into an indexed vector column is ~100x "
+                f"space {space.name!r}: index {', '.join(blocking)} exists on "
+                f"{destination_of(space).label}; writing into an indexed vector column is ~100x "
                 "slower and the index would cover unchecked data. Drop it, or materialize "
                 "with drop_index: true while the space is still building"
             )
         dropped = blocking
 
     created = info.target is None
+    destination = destination_of(space)
     apply_migrations(conn)  # the first write: extension, registry schema
     with conn.transaction():
         # Serialise concurrent preparations of the same table (two launches at once).
         conn.execute("SELECT pg_advisory_xact_lock(%s::bigint)", (info.oid,))
-        table = table_ident(space)
         for name in dropped:
             conn.execute(
                 sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
-                    sql.Identifier(space.schema_name), sql.Identifier(name)
+                    sql.Identifier(space.vector_schema), sql.Identifier(name)
                 )
             )
             log.warning("dropped index %s on building space %s", name, space.name)
-        # ADD COLUMN of a nullable column with no default is a catalog-only change: instant.
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {v} vector({d}),"
-                " ADD COLUMN IF NOT EXISTS {h} bytea, ADD COLUMN IF NOT EXISTS {k} bigint"
-            ).format(
-                t=table,
-                v=sql.Identifier(space.target_column),
-                d=sql.Literal(space.model.dimensions),
-                h=sql.Identifier(space.text_hash_column),
-                k=sql.Identifier(space.model_key_column),
-            )
-        )
-        for column, purpose in (
-            (space.text_hash_column, "sha256 of the text embedded into"),
-            (space.model_key_column, "model identity key (registry model_key) of"),
-        ):
-            conn.execute(
-                sql.SQL("COMMENT ON COLUMN {t}.{c} IS {txt}").format(
-                    t=table,
-                    c=sql.Identifier(column),
-                    txt=sql.Literal(f"embedding_backfills: {purpose} {space.target_column}"),
-                )
-            )
+        destination.create(conn, info.key)
         record = register_space(conn, space, identity, fingerprint)
     added = layout_ranges(conn, space, info.key)
     info = inspect_table(conn, space)

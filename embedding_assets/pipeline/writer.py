@@ -1,5 +1,10 @@
 """The write path: one batch, one transaction, binary all the way.
 
+Destination `table` (see `db.destination`): rows the destination table does not hold yet
+(the whole first backfill) go COPY BINARY straight into it, the fastest way PostgreSQL takes
+rows; rows it holds (re-embedded after an edit) are upserted, never over another model's.
+Destination `column`:
+
 Vectors that fit in the row (<= 495 dims) go COPY BINARY into a temp table, then one
 UPDATE ... FROM; the COPY payload is built by numpy in a single buffer (every field is fixed
 width: id, vector, 32-byte hash), with no per-row Python work. Larger vectors are stored out
@@ -20,6 +25,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from ..config import SpaceConfig
+from ..db.destination import destination_of
 from ..db.introspect import space_sql
 from ..db.keys import KeyType
 
@@ -31,8 +37,17 @@ STAGE_TABLE = "embedding_backfills_stage"
 INLINE_MAX_DIMS = 495
 
 
-def _rows(vectors: np.ndarray, hashes: list[bytes], head: list[tuple[str, str]]) -> np.ndarray:
-    """Binary COPY rows as one structured array: `head` fields, then (vector, hash)."""
+_MODEL_KEY = [("k_len", ">i4"), ("k", ">i8")]
+
+
+def _rows(
+    vectors: np.ndarray,
+    hashes: list[bytes],
+    head: list[tuple[str, str]],
+    model_key: int | None = None,
+) -> np.ndarray:
+    """Binary COPY rows as one structured array: `head` fields, then (vector, hash), then
+    the model key when one is given."""
     n, dims = vectors.shape
     row = np.dtype(
         [
@@ -43,9 +58,13 @@ def _rows(vectors: np.ndarray, hashes: list[bytes], head: list[tuple[str, str]])
             ("v", ">f4", (dims,)),
             ("h_len", ">i4"),
             ("h", f"S{_HASH_BYTES}"),
+            *(_MODEL_KEY if model_key is not None else []),
         ]
     )
     rows = np.empty(n, dtype=row)
+    if model_key is not None:
+        rows["k_len"] = 8
+        rows["k"] = model_key
     rows["v_len"] = 4 + 4 * dims  # pgvector binary: uint16 dim, uint16 unused, float4[dim]
     rows["v_dim"] = dims
     rows["v_unused"] = 0
@@ -55,24 +74,40 @@ def _rows(vectors: np.ndarray, hashes: list[bytes], head: list[tuple[str, str]])
     return rows
 
 
-def copy_binary_payload(ids: np.ndarray, vectors: np.ndarray, hashes: list[bytes]) -> bytes:
-    """PostgreSQL binary COPY rows (id int8, v vector, h bytea), built in one numpy pass."""
-    rows = _rows(vectors, hashes, [("nfields", ">i2"), ("id_len", ">i4"), ("id", ">i8")])
-    rows["nfields"] = 3
-    rows["id_len"] = 8
+# Binary COPY takes an integer in its column's own width.
+_INT_WIDTHS = {"int2": ">i2", "int4": ">i4", "int8": ">i8"}
+
+
+def copy_binary_payload(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    hashes: list[bytes],
+    model_key: int | None = None,
+    id_type: str = "int8",
+) -> bytes:
+    """PostgreSQL binary COPY rows (id, v vector, h bytea[, k int8]), built in one numpy
+    pass; `id_type` is the id column's int2, int4 or int8."""
+    id_dtype = _INT_WIDTHS[id_type]
+    head = [("nfields", ">i2"), ("id_len", ">i4"), ("id", id_dtype)]
+    rows = _rows(vectors, hashes, head, model_key)
+    rows["nfields"] = 3 if model_key is None else 4
+    rows["id_len"] = np.dtype(id_dtype).itemsize
     rows["id"] = ids
     return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
-def copy_binary_payload_keys(keys: list[bytes], vectors: np.ndarray, hashes: list[bytes]) -> bytes:
-    """Binary COPY rows (id, v, h) for keys of any width (uuid, text): the fixed tail built
-    by numpy, one small join per row for the key."""
-    tail = _rows(vectors, hashes, [])
+def copy_binary_payload_keys(
+    keys: list[bytes], vectors: np.ndarray, hashes: list[bytes], model_key: int | None = None
+) -> bytes:
+    """Binary COPY rows (id, v, h[, k]) for keys of any width (uuid, text): the fixed tail
+    built by numpy, one small join per row for the key."""
+    tail = _rows(vectors, hashes, [], model_key)
     width = tail.dtype.itemsize
     raw = memoryview(tail.tobytes())
+    nfields = 3 if model_key is None else 4
     parts = [_COPY_HEADER]
     for i, key in enumerate(keys):
-        parts.append(struct.pack(">hi", 3, len(key)))
+        parts.append(struct.pack(">hi", nfields, len(key)))
         parts.append(key)
         parts.append(raw[i * width : (i + 1) * width])
     parts.append(_COPY_TRAILER)
@@ -97,11 +132,14 @@ class VectorWriter:
         self.model_key = model_key
         self.key = key
         dims = space.model.dimensions
-        self.staged = dims <= INLINE_MAX_DIMS
+        self.to_table = destination_of(space).kind == "table"
+        self.staged = dims <= INLINE_MAX_DIMS and not self.to_table
         # Integers travel as int8 (one numpy pass); others in the column's own type, so
         # that char(n) compares padded and uuid as 16 bytes.
         stage_type = sql.SQL("bigint") if key.kind == "integer" else key.cast
-        if self.staged:
+        if self.to_table:
+            register_vector(conn)
+        elif self.staged:
             conn.execute(
                 sql.SQL(
                     "CREATE TEMP TABLE IF NOT EXISTS {s} (id {k}, v vector({d}), h bytea)"
@@ -139,11 +177,79 @@ class VectorWriter:
             "UPDATE {t} AS t SET {v} = NULL, {hc} = NULL, {k} = NULL"
             " WHERE t.{id} = ANY({ids}) AND (t.{k} IS NULL OR t.{k} = %(key)s)"
         ).format(**ident)
+        if self.to_table:
+            self._table_statements(ident)
 
-    def _payload(self, ids: list[object], vectors: np.ndarray, hashes: list[bytes]) -> bytes:
+    def _table_statements(self, ident: dict[str, sql.Composable]) -> None:
+        """INSERT instead of UPDATE: the destination table holds one row per embedded row."""
+        ekx = self.key.of_column(self.space.vector_key_column).expr("e")
+        # One index probe of the batch's key span: empty (the whole first backfill) means
+        # every row is new, and the exact probe of 1000 keys (~10 ms) is skipped.
+        self._any_held = sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {vt} AS e WHERE {ekx} >= {lo} AND {ekx} <= {hi})"
+        ).format(ekx=ekx, **ident)
+        self._held = sql.SQL("SELECT e.{vk} FROM {vt} AS e WHERE e.{vk} = ANY({ids})").format(
+            **ident
+        )
+        self._copy = sql.SQL("COPY {vt} ({vk}, {v}, {hc}, {k}) FROM STDIN (FORMAT BINARY)").format(
+            **ident
+        )
+        self._update_row = sql.SQL(
+            "INSERT INTO {vt} AS e ({vk}, {v}, {hc}, {k}) VALUES ({one}, %b, %b, %b)"
+            " ON CONFLICT ({vk}) DO UPDATE SET {v} = excluded.{v}, {hc} = excluded.{hc},"
+            " {k} = excluded.{k} WHERE e.{k} IS NULL OR e.{k} = excluded.{k}"
+        ).format(**ident)
+        self._clear = sql.SQL(
+            "DELETE FROM {vt} AS e WHERE e.{vk} = ANY({ids}) AND (e.{k} IS NULL OR e.{k} = %(key)s)"
+        ).format(**ident)
+
+    def _payload(
+        self,
+        ids: list[object],
+        vectors: np.ndarray,
+        hashes: list[bytes],
+        model_key: int | None = None,
+    ) -> bytes:
         if self.key.kind == "integer":
-            return copy_binary_payload(np.asarray(ids, dtype=np.int64), vectors, hashes)
-        return copy_binary_payload_keys(key_bytes(self.key, ids), vectors, hashes)
+            # the stage table's id is bigint; the destination table's, the source key's type
+            id_type = self.key.type_name if self.to_table else "int8"
+            return copy_binary_payload(
+                np.asarray(ids, dtype=np.int64), vectors, hashes, model_key, id_type
+            )
+        return copy_binary_payload_keys(key_bytes(self.key, ids), vectors, hashes, model_key)
+
+    def _write_table(self, ids: list[object], vectors: np.ndarray, hashes: list[bytes]) -> int:
+        """COPY the rows the table does not hold; upsert the others (one probe of the key)."""
+        text = self.key.to_text
+        with self.conn.cursor() as cur:
+            span = {"lo": text(ids[0]), "hi": text(ids[-1])}
+            held: set[str] = set()
+            if cur.execute(self._any_held, span).fetchone() != (False,):
+                found = cur.execute(self._held, {"ids": [text(i) for i in ids]})
+                held = {text(r[0]) for r in found}
+            new = [i for i, row_id in enumerate(ids) if text(row_id) not in held]
+            written = 0
+            if new:
+                with cur.copy(self._copy) as copy:
+                    copy.write(
+                        self._payload(
+                            [ids[i] for i in new],
+                            vectors[new],
+                            [hashes[i] for i in new],
+                            self.model_key,
+                        )
+                    )
+                written = len(new)
+            if held:
+                key = self.model_key
+                rows = [
+                    (text(i), v, h, key)
+                    for v, h, i in zip(vectors, hashes, ids, strict=True)
+                    if text(i) in held
+                ]
+                cur.executemany(self._update_row, rows, returning=False)
+                written += cur.rowcount
+        return written
 
     def write(
         self,
@@ -159,7 +265,9 @@ class VectorWriter:
         written = 0
         text = self.key.to_text
         with self.conn.transaction():
-            if ids and not self.staged:
+            if ids and self.to_table:
+                written = self._write_table(ids, vectors, hashes)
+            elif ids and not self.staged:
                 key = self.model_key
                 rows = [
                     (v, h, key, text(i), key) for v, h, i in zip(vectors, hashes, ids, strict=True)

@@ -215,7 +215,13 @@ def _table_findings(space: SpaceConfig, info: TableInfo) -> list[Finding]:
         else "text_sql is a valid expression"
     )
     dims = space.model.dimensions
-    if info.target is None:
+    if info.target is None and space.destination == "table":
+        target = (
+            f"{space.vector_schema}.{space.vector_table_name} absent: target_column creates it "
+            f"({space.vector_key_column}, {space.target_column} vector({dims}), provenance); "
+            f"{space.table} is not altered"
+        )
+    elif info.target is None:
         target = (
             f"{space.target_column} absent: target_column adds vector({dims}) "
             f"and {space.text_hash_column}, {space.model_key_column}"
@@ -322,8 +328,12 @@ def sample_texts(
     done = done_predicate(space) if provenance else sql.SQL("false")
     query = sql.SQL(
         "SELECT x.txt FROM {t} AS t TABLESAMPLE SYSTEM (%(percent)s) REPEATABLE (%(seed)s)"
-        " {text_hash} WHERE h.h IS NOT NULL AND NOT ({done}) LIMIT %(n)s"
-    ).format(done=done, **space_sql(space))
+        " {text_hash} {vjoin} WHERE h.h IS NOT NULL AND NOT ({done}) LIMIT %(n)s"
+    ).format(
+        done=done,
+        # before target_column ran, a destination table may not exist yet: nothing to join
+        **{**space_sql(space), **({} if provenance else {"vjoin": sql.SQL("")})},
+    )
     percent = 100.0 if to_embed <= n else min(100.0, 300.0 * n / to_embed)
     params = {"key": model_key, "seed": _SAMPLE_SEED, "n": n}
     texts = [r[0] for r in conn.execute(query, {**params, "percent": percent})]
@@ -473,6 +483,8 @@ def _validate_and_count(
             report.counts.to_embed,
             space.model.dimensions,
             heap_bytes_per_row(conn, info.oid, report.counts.rows),
+            destination=space.destination,
+            key_bytes={"integer": 8, "uuid": 16}.get(info.key.kind, 24),
         )
         progress.step("sampling texts to count tokens")
         return sample_texts(conn, space, provenance, key, sample_rows, report.counts.to_embed)

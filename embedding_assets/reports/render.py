@@ -120,10 +120,18 @@ def render_plan(report: PlanReport) -> RenderableType:
     if report.storage is not None:
         s = report.storage
         toast = "TOASTed (> 495 dims)" if s.toasted else "stored inline"
+        where = "in the destination table" if s.destination == "table" else "in the table"
         work.add_row(
-            "disk added", _bytes(s.added_bytes), f"{s.added_bytes_per_row:,} B/row, {toast}"
+            "disk added",
+            _bytes(s.added_bytes),
+            f"{s.added_bytes_per_row:,} B/row {where}, {toast}",
         )
-        work.add_row("disk peak", _bytes(s.peak_bytes), "before vacuum reclaims old row versions")
+        if s.destination == "table":
+            work.add_row("disk peak", _bytes(s.peak_bytes), "source table unchanged: no dead rows")
+        else:
+            work.add_row(
+                "disk peak", _bytes(s.peak_bytes), "before vacuum reclaims old row versions"
+            )
         work.add_row("WAL", _bytes(s.wal_bytes), "plus full-page images after checkpoints")
     verdict = (
         "[bold green]ready:[/] nothing was written"

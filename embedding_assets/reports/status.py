@@ -147,7 +147,7 @@ def space_status(
     if not space.adopt:
         status.partitions_done, status.partitions_total = partition_counts(instance, space)
         status.checks = check_states(instance, space)
-    table = relation(conn, space.schema_name, space.table_name)
+    table = relation(conn, space.vector_schema, space.vector_table_name)  # where vectors live
     if table is None or column_info(conn, table[0], space.target_column) is None:
         return status
     status.column_exists = True

@@ -24,6 +24,15 @@ and sequence, varlena header, and a TOAST-index entry). So per row:
                                                 the primary-key index entry of a non-HOT
                                                 update
 
+With `destination: table` each embedded row is a new row of the destination table instead,
+and the source table does not change at all (no new row version, no dead tuple):
+
+    added  = T + K + inline + P + toast + I     K: the key (8 for bigint, 16 for uuid, the
+                                                average length for text), I = 20: its entry
+                                                in the primary-key index
+    peak   = added                              nothing waits for vacuum
+    wal    = added + 50
+
 Not included: full-page images (the first change to each page after a checkpoint logs the
 whole 8 kB page: up to the table's size again per checkpoint interval), a wide row pushing
 a shorter vector out of line too, and compression (floats barely compress).
@@ -39,6 +48,8 @@ TOAST_CHUNK_OVERHEAD = 60
 TOAST_POINTER_BYTES = 18
 PROVENANCE_BYTES = 33 + 8
 WAL_RECORD_OVERHEAD = 50
+TUPLE_OVERHEAD = 24 + 4
+INDEX_ENTRY_BYTES = 20
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class StorageEstimate:
     added_bytes_per_row: int
     peak_bytes_per_row: int
     wal_bytes_per_row: int
+    destination: str = "column"
+    source_growth_bytes_per_row: int = 0  # what the source table itself grows by, vacuumed
 
     @property
     def added_bytes(self) -> int:
@@ -73,19 +86,32 @@ class StorageEstimate:
             "added_bytes": self.added_bytes,
             "peak_bytes": self.peak_bytes,
             "wal_bytes": self.wal_bytes,
+            "destination": self.destination,
+            "source_table_growth_bytes": self.rows * self.source_growth_bytes_per_row,
             "full_page_images_included": False,
         }
 
 
-def estimate_storage(rows: int, dims: int, heap_bytes_per_row: int) -> StorageEstimate:
-    """The module docstring's formula for `rows` updated rows of `dims`-d vectors."""
+def estimate_storage(
+    rows: int,
+    dims: int,
+    heap_bytes_per_row: int,
+    *,
+    destination: str = "column",
+    key_bytes: int = 8,
+) -> StorageEstimate:
+    """The module docstring's formula for `rows` embedded rows of `dims`-d vectors."""
     vector = 4 * dims + 8
     toasted = dims > TOAST_MAX_INLINE_DIMS
     inline = TOAST_POINTER_BYTES if toasted else vector
     chunks = -(-vector // TOAST_CHUNK_BYTES)
     toast = vector + TOAST_CHUNK_OVERHEAD * chunks if toasted else 0
     added = inline + PROVENANCE_BYTES + toast
-    peak = heap_bytes_per_row + added
+    if destination == "table":  # a new row in the destination; the source stays as it is
+        added += TUPLE_OVERHEAD + key_bytes + INDEX_ENTRY_BYTES
+        peak, source_growth = added, 0
+    else:  # a new version of the whole row, the old one dead until vacuum
+        peak, source_growth = heap_bytes_per_row + added, added
     return StorageEstimate(
         rows=rows,
         dims=dims,
@@ -94,4 +120,6 @@ def estimate_storage(rows: int, dims: int, heap_bytes_per_row: int) -> StorageEs
         added_bytes_per_row=added,
         peak_bytes_per_row=peak,
         wal_bytes_per_row=peak + WAL_RECORD_OVERHEAD,
+        destination=destination,
+        source_growth_bytes_per_row=source_growth,
     )
