@@ -23,6 +23,9 @@ model key) into an unindexed table whose target columns start NULL:
    own (`project (destination table)`: the bare writer; `partition (destination table)`:
    embed_range), compared with the column mode and with the COPY ceiling. The source
    table's size is measured before and after each full `partition` run, in both modes.
+7. `storage: halfvec`: the bare writer into a `halfvec(d)` column (`project (halfvec)`),
+   compared with `project`; then, once per dimension, bytes per row and HNSW index size of
+   the same 10,000 vectors stored as `vector` and as `halfvec`.
 
 Why: the write path was built to beat the obvious alternatives by a wide margin, and the
 whole pipeline must not lose much of that to reading and embedding. The targets are printed
@@ -76,6 +79,7 @@ PARTITION = "partition (embed_range, hash provider)"
 PARTITION_UUID = "partition, uuid key"
 PARTITION_TEXT = "partition, text key (nanoid)"
 PROJECT_TABLE = "project (destination table)"
+PROJECT_HALF = "project (halfvec)"
 PARTITION_TABLE = "partition (destination table)"
 # The key of each partition strategy's table, as SQL over the row number g.
 KEY_SQL = {
@@ -216,18 +220,21 @@ def sentences_sql(rows: int) -> sql.Composed:
     )
 
 
-def create_target_table(conn: psycopg.Connection, table: str, rows: int, dims: int) -> None:
+def create_target_table(
+    conn: psycopg.Connection, table: str, rows: int, dims: int, storage: str = "vector"
+) -> None:
     """(id, body, emb vector(d), emb_text_hash, emb_model_key), target columns NULL."""
     t = sql.Identifier(table)
     admin(conn, sql.SQL("DROP TABLE IF EXISTS {}").format(t))
     admin(
         conn,
         sql.SQL(
-            "CREATE TABLE {t} (id bigint PRIMARY KEY, body text, {v} vector({d}),"
+            "CREATE TABLE {t} (id bigint PRIMARY KEY, body text, {v} {storage}({d}),"
             " {h} bytea, {k} bigint)"
         ).format(
             t=t,
             v=sql.Identifier(TARGET),
+            storage=sql.SQL(storage),
             d=sql.Literal(dims),
             h=sql.Identifier(f"{TARGET}_text_hash"),
             k=sql.Identifier(f"{TARGET}_model_key"),
@@ -292,7 +299,11 @@ def table_bytes(conn: psycopg.Connection, table: str) -> int:
 
 
 def space_for(
-    table: str, dims: int, batch_size: int = BATCH, destination: str = "column"
+    table: str,
+    dims: int,
+    batch_size: int = BATCH,
+    destination: str = "column",
+    storage: str = "vector",
 ) -> SpaceConfig:
     return parse_config(
         {
@@ -306,6 +317,7 @@ def space_for(
                     "model": {"provider": "hash", "name": "bench-hash", "dimensions": dims},
                     "batch_size": batch_size,
                     "destination": destination,
+                    "storage": storage,
                 }
             ]
         }
@@ -315,8 +327,10 @@ def space_for(
 # ---- strategies -----------------------------------------------------------------------------
 
 
-def run_project(url: str, table: str, w: Workload, destination: str = "column") -> float:
-    space = space_for(table, w.dims, destination=destination)
+def run_project(
+    url: str, table: str, w: Workload, destination: str = "column", storage: str = "vector"
+) -> float:
+    space = space_for(table, w.dims, destination=destination, storage=storage)
     with psycopg.connect(url, autocommit=True) as conn:
         writer = VectorWriter(conn, space, w.model_key, BIGINT_KEY)
         started = time.perf_counter()
@@ -445,6 +459,14 @@ def strategies(
     return [
         Strategy(PROJECT, "project", rows, target, lambda t: run_project(url, t, w)),
         Strategy(
+            PROJECT_HALF,
+            "proj_half",
+            rows,
+            lambda t: create_target_table(conn, t, rows, dims, "halfvec"),
+            lambda t: run_project(url, t, w, storage="halfvec"),
+            "bare writer into halfvec(d)",
+        ),
+        Strategy(
             PER_ROW,
             "per_row",
             per_row_rows,
@@ -523,7 +545,52 @@ def bench_dims(
                 f"  {dims}d run {rep + 1}/{repeat} {s.name}: {s.rows / seconds:,.0f} rows/s",
                 highlight=False,
             )
+    if dims <= 2000:  # HNSW indexes `vector` up to 2000 dims
+        measure_sizes(conn, w)
     return [Result(dims, s.name, s.rows, runs[s.name], s.note) for s in plan]
+
+
+INDEX_ROWS = 10_000
+# (dims, storage) -> (bytes per row of the vector column, HNSW index bytes, build seconds)
+SIZES: dict[tuple[int, str], tuple[float, int, float]] = {}
+
+
+def measure_sizes(conn: psycopg.Connection, w: Workload) -> None:
+    """The same vectors as `vector` and as `halfvec`: column bytes per row, HNSW size."""
+    n = min(INDEX_ROWS, len(w.ids))
+    for storage in ("vector", "halfvec"):
+        table = f"sizes_{storage}_{w.dims}"
+        drop_table(conn, table)
+        admin(
+            conn,
+            sql.SQL("CREATE TABLE {} (id bigint, {} {}({}))").format(
+                sql.Identifier(table), sql.Identifier(TARGET), sql.SQL(storage), sql.Literal(w.dims)
+            ),
+        )
+        with conn.cursor() as cur, conn.transaction():
+            copy_sql = sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))
+            with cur.copy(copy_sql) as copy:
+                for i, v in zip(w.ids[:n], w.vectors[:n], strict=True):
+                    copy.write_row((i, "[" + ",".join(f"{x:.7g}" for x in v) + "]"))
+        per_row = conn.execute(
+            sql.SQL("SELECT avg(pg_column_size({})) FROM {}").format(
+                sql.Identifier(TARGET), sql.Identifier(table)
+            )
+        ).fetchone()[0]  # type: ignore[index]
+        started = time.perf_counter()
+        admin(
+            conn,
+            sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} {})").format(
+                sql.Identifier(f"{table}_hnsw"),
+                sql.Identifier(table),
+                sql.Identifier(TARGET),
+                sql.SQL(f"{storage}_cosine_ops"),
+            ),
+        )
+        seconds = time.perf_counter() - started
+        size = table_bytes(conn, f"{table}_hnsw")
+        SIZES[(w.dims, storage)] = (float(per_row), size, seconds)
+        drop_table(conn, table)
 
 
 def server_settings(conn: psycopg.Connection) -> str:
@@ -575,6 +642,7 @@ def report(results: Sequence[Result], console: Console) -> list[str]:
             PARTITION_TEXT,
             PROJECT_TABLE,
             PARTITION_TABLE,
+            PROJECT_HALF,
         )
         for r in (at[s] for s in shown):
             table.add_row(
@@ -586,7 +654,9 @@ def report(results: Sequence[Result], console: Console) -> list[str]:
                 r.spread,
                 ratio(r.rate, per_row),
                 ratio(r.rate, many),
-                ratio(r.rate, project) if r.strategy in (*KEY_SQL, PROJECT_TABLE) else "",
+                ratio(r.rate, project)
+                if r.strategy in (*KEY_SQL, PROJECT_TABLE, PROJECT_HALF)
+                else "",
                 r.note,
             )
         table.add_section()
@@ -605,6 +675,7 @@ def report(results: Sequence[Result], console: Console) -> list[str]:
                 0.8,
             ),
             ("table-mode partition >= 1.3x column", at[PARTITION_TABLE].rate, part, 1.3),
+            ("halfvec writer >= 1.0x vector writer", at[PROJECT_HALF].rate, project, 1.0),
         ]:
             x = value / base
             verdict = "PASS" if x >= need else "FAIL"
@@ -615,6 +686,17 @@ def report(results: Sequence[Result], console: Console) -> list[str]:
         verdicts.append(
             f"{dims}d: source table size after a full {strategy}: {before / 2**20:.1f} MB ->"
             f" {after / 2**20:.1f} MB ({after / before:.2f}x)"
+        )
+    for dims in sorted({d for d, _ in SIZES}):
+        (v_row, v_index, v_s), (h_row, h_index, h_s) = (
+            SIZES[(dims, "vector")],
+            SIZES[(dims, "halfvec")],
+        )
+        verdicts.append(
+            f"{dims}d: {min(INDEX_ROWS, results[0].rows):,} vectors: vector {v_row:,.0f} B/row,"
+            f" HNSW {v_index / 2**20:.1f} MB ({v_s:.1f} s); halfvec {h_row:,.0f} B/row"
+            f" ({h_row / v_row:.2f}x), HNSW {h_index / 2**20:.1f} MB ({h_index / v_index:.2f}x,"
+            f" {h_s:.1f} s)"
         )
     return verdicts
 

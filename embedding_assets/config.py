@@ -221,6 +221,13 @@ class SpaceConfig(_Strict):
             "embedding_backfills.<table>_<target_column>"
         ),
     )
+    storage: Literal["vector", "halfvec"] = Field(
+        default="vector",
+        description=(
+            "How the vectors are stored: `vector` (float4) or `halfvec` (float2: half the disk "
+            "and index, HNSW up to 4000 dims); part of the space's identity"
+        ),
+    )
     destination_key: str | None = Field(
         default=None,
         description=(

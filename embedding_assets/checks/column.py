@@ -85,7 +85,7 @@ def evaluate_column(
         WITH s AS MATERIALIZED (
             SELECT t.{id} AS id, {tv} IS NOT NULL AS has_v,
                    CASE WHEN {tv} IS NULL THEN NULL ELSE vector_dims({tv}) END AS dims,
-                   CASE WHEN {tv} IS NULL THEN NULL ELSE vector_norm({tv}) END AS norm,
+                   CASE WHEN {tv} IS NULL THEN NULL ELSE {norm}({tv}) END AS norm,
                    {k_expr} AS k, {hc_expr} AS hc, h.h
             FROM {t} AS t
             {text_hash}
@@ -126,6 +126,8 @@ def evaluate_column(
         hc_expr=destination.column(space.text_hash_column) if provenance else sql.SQL("h.h"),
         # only failing rows are mapped (FILTER), each with one probe of the layout
         partition=partition,
+        # pgvector's norm of each type (halfvec's is computed in float4, like vector's)
+        norm=sql.SQL("l2_norm" if target.type_name == "halfvec" else "vector_norm"),
         **space_sql(space),
     )
     row = conn.execute(
@@ -173,7 +175,7 @@ def evaluate_column(
             "uniform_dimension",
             declared_ok and bad_dims == 0,
             (
-                f"column declared vector({declared})"
+                f"column declared {target.type_name}({declared})"
                 if declared > 0
                 else "column declared without a dimension"
             )

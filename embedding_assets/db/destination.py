@@ -120,21 +120,7 @@ class ColumnDestination(Destination):
         return sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(self.space.target_column))
 
     def create(self, conn: psycopg.Connection, key: KeyType) -> None:
-        space = self.space
-        # ADD COLUMN of a nullable column with no default is a catalog-only change: instant.
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {v} vector({d}),"
-                " ADD COLUMN IF NOT EXISTS {h} bytea, ADD COLUMN IF NOT EXISTS {k} bigint"
-            ).format(
-                t=self.relation,
-                v=sql.Identifier(space.target_column),
-                d=sql.Literal(space.model.dimensions),
-                h=sql.Identifier(space.text_hash_column),
-                k=sql.Identifier(space.model_key_column),
-            )
-        )
-        _comment_provenance(conn, space, self.relation)
+        _add_vector_columns(conn, self.space, self.relation)
 
     def drop(self, conn: psycopg.Connection) -> list[str]:
         space = self.space
@@ -166,18 +152,25 @@ class TableDestination(Destination):
 
     def create(self, conn: psycopg.Connection, key: KeyType) -> None:
         space = self.space
+        exists = conn.execute("SELECT to_regclass(%s)", (self.relation.as_string(conn),))
+        if exists.fetchone() != (None,):
+            # A table that is already there (ours, or one the operator pointed at, checked by
+            # `inspect_table`) only gets the columns it lacks, like a source table would.
+            _add_vector_columns(conn, space, self.relation)
+            return
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
         # CREATE TABLE AS copies the key's type and collation (the one its unique index
         # compares in) from the source column itself: `character varying(32) COLLATE "C"`
         # needs no spelling out, and the primary key orders exactly like the partitions.
         conn.execute(
             sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {dst} AS SELECT {kx} AS {id}, NULL::vector({d}) AS {v},"
+                "CREATE TABLE {dst} AS SELECT {kx} AS {id}, NULL::{storage}({d}) AS {v},"
                 " NULL::bytea AS {h}, NULL::bigint AS {k} FROM {src} AS t WITH NO DATA"
             ).format(
                 dst=self.relation,
                 kx=key.expr("t"),
-                id=sql.Identifier(space.id_column),
+                id=sql.Identifier(space.vector_key_column),
+                storage=sql.SQL(space.storage),
                 d=sql.Literal(space.model.dimensions),
                 v=sql.Identifier(space.target_column),
                 h=sql.Identifier(space.text_hash_column),
@@ -185,22 +178,17 @@ class TableDestination(Destination):
                 src=_ident(space.schema_name, space.table_name),
             )
         )
-        has_key = conn.execute(
-            "SELECT 1 FROM pg_index WHERE indrelid = %s::regclass AND indisprimary",
-            (self.relation.as_string(conn),),
-        ).fetchone()
-        if not has_key:
-            columns = (space.id_column, space.target_column, space.text_hash_column)
-            conn.execute(
-                sql.SQL("ALTER TABLE {dst} ADD PRIMARY KEY ({id}), {not_null}").format(
-                    dst=self.relation,
-                    id=sql.Identifier(space.id_column),
-                    not_null=sql.SQL(", ").join(
-                        sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(c))
-                        for c in (*columns[1:], space.model_key_column)
-                    ),
-                )
+        not_null = (space.target_column, space.text_hash_column, space.model_key_column)
+        conn.execute(
+            sql.SQL("ALTER TABLE {dst} ADD PRIMARY KEY ({id}), {not_null}").format(
+                dst=self.relation,
+                id=sql.Identifier(space.vector_key_column),
+                not_null=sql.SQL(", ").join(
+                    sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(c))
+                    for c in not_null
+                ),
             )
+        )
         # Vectors do not compress: EXTERNAL skips pglz's attempt on every toasted vector.
         conn.execute(
             sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL").format(
@@ -261,6 +249,24 @@ class TableDestination(Destination):
             (model_key,),
         )
         return cur.rowcount
+
+
+def _add_vector_columns(conn: psycopg.Connection, space: SpaceConfig, table: sql.Composed) -> None:
+    # ADD COLUMN of a nullable column with no default is a catalog-only change: instant.
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {v} {storage}({d}),"
+            " ADD COLUMN IF NOT EXISTS {h} bytea, ADD COLUMN IF NOT EXISTS {k} bigint"
+        ).format(
+            t=table,
+            v=sql.Identifier(space.target_column),
+            storage=sql.SQL(space.storage),
+            d=sql.Literal(space.model.dimensions),
+            h=sql.Identifier(space.text_hash_column),
+            k=sql.Identifier(space.model_key_column),
+        )
+    )
+    _comment_provenance(conn, space, table)
 
 
 def _comment_provenance(conn: psycopg.Connection, space: SpaceConfig, table: sql.Composed) -> None:

@@ -257,15 +257,21 @@ def check_target_column(space: SpaceConfig, target: ColumnInfo) -> None:
     vector of another dimension there, so the uniform-dimension check scans every value.
     """
     dims = space.model.dimensions
-    if target.type_name != "vector":
+    storage = space.storage
+    where = f"{space.vector_schema}.{space.vector_table_name}.{space.target_column}"
+    if target.type_name != storage:
+        hint = (
+            f"set `storage: {target.type_name}` if it holds this model's vectors, or "
+            if target.type_name in ("vector", "halfvec")
+            else ""
+        )
         raise SpaceConflictError(
-            f"space {space.name!r}: column {space.table}.{space.target_column} exists as "
-            f"{target.formatted}, not vector({dims}); choose a new target_column"
+            f"space {space.name!r}: column {where} exists as {target.formatted}, not "
+            f"{storage}({dims}); {hint}choose a new target_column"
         )
     if target.typmod not in (dims, -1):
         raise SpaceConflictError(
-            f"space {space.name!r}: column {space.table}.{space.target_column} is "
-            f"vector({target.typmod}) but "
+            f"space {space.name!r}: column {where} is {storage}({target.typmod}) but "
             f"the model is configured for {dims} dimensions; a column belongs to one vector "
             "space: pick a new target_column for this model (nothing was written)"
         )

@@ -59,6 +59,8 @@ class SpaceRecord:
     destination: str = "column"
     vector_schema: str | None = None
     vector_table: str | None = None
+    # added by sql/011
+    storage: str = "vector"
 
     @property
     def identity(self) -> ModelIdentity:
@@ -158,6 +160,12 @@ def check_registration(
                 f"(destination {space.destination}); a space's vectors do not move: restore "
                 "`destination` / `destination_table`, or build a new space"
             )
+        if record.storage != space.storage:
+            raise SpaceConflictError(
+                f"space {space.name!r} ({where}) stores {record.storage}, but the configuration "
+                f"now says `storage: {space.storage}`; a space's storage is part of its "
+                "identity: restore it, or build a new space (new name, new target_column)"
+            )
         if record.model_key != identity.key:
             raise SpaceConflictError(
                 f"space {space.name!r} ({where}) was registered for {record.identity.label()}, "
@@ -180,8 +188,9 @@ def register_space(
     conn.execute(
         "INSERT INTO embedding_backfills.vector_spaces"
         " (name, table_schema, table_name, column_name, provider, model, revision, dimensions,"
-        "  normalize, model_key, fingerprint, status, destination, vector_schema, vector_table)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'building', %s, %s, %s)"
+        "  normalize, model_key, fingerprint, status, destination, vector_schema, vector_table,"
+        "  storage)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'building', %s, %s, %s, %s)"
         " ON CONFLICT DO NOTHING",
         (
             space.name,
@@ -198,6 +207,7 @@ def register_space(
             space.destination,
             space.vector_schema,
             space.vector_table_name,
+            space.storage,
         ),
     )
     # A concurrent registration of the same space is fine; of another one, it is caught here.

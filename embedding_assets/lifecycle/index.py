@@ -4,8 +4,9 @@ Concurrently, so the table stays writable during a build that can take hours. A 
 build that fails or is cancelled leaves an INVALID index behind, which would block the next
 attempt (same name) and slow every write: it is detected and dropped before retrying.
 Above 2000 dimensions (HNSW's limit for `vector`) the index is on `col::halfvec(d)`; on a
-column declared without a dimension, on `col::vector(d)`. Queries must use the same
-expression to use the index; `index_expression` says which.
+column declared without a dimension, on `col::<storage>(d)`. A `storage: halfvec` space is
+indexed as it is stored, with the opclass's halfvec twin (`halfvec_cosine_ops`). Queries
+must use the same expression to use the index; `index_expression` says which.
 """
 
 from __future__ import annotations
@@ -61,13 +62,16 @@ def index_expression(space: SpaceConfig, declared_dims: int) -> tuple[sql.Compos
             f"space {space.name!r}: HNSW supports at most {HNSW_MAX_HALFVEC_DIMS} dimensions "
             f"(as halfvec); {dims} cannot be indexed"
         )
-    if dims > HNSW_MAX_VECTOR_DIMS:
+    halfvec = space.storage == "halfvec"
+    if halfvec:
+        opclass = opclass.replace("vector_", "halfvec_")
+    if dims > HNSW_MAX_VECTOR_DIMS and not halfvec:
         opclass = opclass.replace("vector_", "halfvec_")
         expr = sql.SQL("(({}::halfvec({})))").format(column, sql.Literal(dims))
         text = f"({space.target_column}::halfvec({dims})) {opclass}"
     elif declared_dims != dims:
-        expr = sql.SQL("(({}::vector({})))").format(column, sql.Literal(dims))
-        text = f"({space.target_column}::vector({dims})) {opclass}"
+        expr = sql.SQL("(({}::{}({})))").format(column, sql.SQL(space.storage), sql.Literal(dims))
+        text = f"({space.target_column}::{space.storage}({dims})) {opclass}"
     else:
         expr = column
         text = f"{space.target_column} {opclass}"

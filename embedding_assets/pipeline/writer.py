@@ -45,17 +45,19 @@ def _rows(
     hashes: list[bytes],
     head: list[tuple[str, str]],
     model_key: int | None = None,
+    halfvec: bool = False,
 ) -> np.ndarray:
     """Binary COPY rows as one structured array: `head` fields, then (vector, hash), then
-    the model key when one is given."""
+    the model key when one is given. `halfvec`: pgvector's halfvec binary (float2)."""
     n, dims = vectors.shape
+    component = ">f2" if halfvec else ">f4"
     row = np.dtype(
         [
             *head,
             ("v_len", ">i4"),
             ("v_dim", ">u2"),
             ("v_unused", ">u2"),
-            ("v", ">f4", (dims,)),
+            ("v", component, (dims,)),
             ("h_len", ">i4"),
             ("h", f"S{_HASH_BYTES}"),
             *(_MODEL_KEY if model_key is not None else []),
@@ -65,7 +67,8 @@ def _rows(
     if model_key is not None:
         rows["k_len"] = 8
         rows["k"] = model_key
-    rows["v_len"] = 4 + 4 * dims  # pgvector binary: uint16 dim, uint16 unused, float4[dim]
+    # pgvector binary: uint16 dim, uint16 unused, float4[dim] (halfvec: float2[dim])
+    rows["v_len"] = 4 + np.dtype(component).itemsize * dims
     rows["v_dim"] = dims
     rows["v_unused"] = 0
     rows["v"] = vectors
@@ -84,12 +87,13 @@ def copy_binary_payload(
     hashes: list[bytes],
     model_key: int | None = None,
     id_type: str = "int8",
+    halfvec: bool = False,
 ) -> bytes:
     """PostgreSQL binary COPY rows (id, v vector, h bytea[, k int8]), built in one numpy
     pass; `id_type` is the id column's int2, int4 or int8."""
     id_dtype = _INT_WIDTHS[id_type]
     head = [("nfields", ">i2"), ("id_len", ">i4"), ("id", id_dtype)]
-    rows = _rows(vectors, hashes, head, model_key)
+    rows = _rows(vectors, hashes, head, model_key, halfvec)
     rows["nfields"] = 3 if model_key is None else 4
     rows["id_len"] = np.dtype(id_dtype).itemsize
     rows["id"] = ids
@@ -97,11 +101,15 @@ def copy_binary_payload(
 
 
 def copy_binary_payload_keys(
-    keys: list[bytes], vectors: np.ndarray, hashes: list[bytes], model_key: int | None = None
+    keys: list[bytes],
+    vectors: np.ndarray,
+    hashes: list[bytes],
+    model_key: int | None = None,
+    halfvec: bool = False,
 ) -> bytes:
     """Binary COPY rows (id, v, h[, k]) for keys of any width (uuid, text): the fixed tail
     built by numpy, one small join per row for the key."""
-    tail = _rows(vectors, hashes, [], model_key)
+    tail = _rows(vectors, hashes, [], model_key, halfvec)
     width = tail.dtype.itemsize
     raw = memoryview(tail.tobytes())
     nfields = 3 if model_key is None else 4
@@ -133,7 +141,9 @@ class VectorWriter:
         self.key = key
         dims = space.model.dimensions
         self.to_table = destination_of(space).kind == "table"
-        self.staged = dims <= INLINE_MAX_DIMS and not self.to_table
+        self.halfvec = space.storage == "halfvec"
+        inline_max = INLINE_MAX_DIMS * 2 if self.halfvec else INLINE_MAX_DIMS  # 2 bytes/dim
+        self.staged = dims <= inline_max and not self.to_table
         # Integers travel as int8 (one numpy pass); others in the column's own type, so
         # that char(n) compares padded and uuid as 16 bytes.
         stage_type = sql.SQL("bigint") if key.kind == "integer" else key.cast
@@ -142,16 +152,21 @@ class VectorWriter:
         elif self.staged:
             conn.execute(
                 sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {s} (id {k}, v vector({d}), h bytea)"
+                    "CREATE TEMP TABLE IF NOT EXISTS {s} (id {k}, v {storage}({d}), h bytea)"
                     " ON COMMIT DELETE ROWS"
-                ).format(s=sql.Identifier(STAGE_TABLE), k=stage_type, d=sql.Literal(dims))
+                ).format(
+                    s=sql.Identifier(STAGE_TABLE + ("_half" if self.halfvec else "")),
+                    k=stage_type,
+                    storage=sql.SQL(space.storage),
+                    d=sql.Literal(dims),
+                )
             )
         else:
             register_vector(conn)
         kx = key.expr("t")
         ident = {
             **space_sql(space),
-            "s": sql.Identifier(STAGE_TABLE),
+            "s": sql.Identifier(STAGE_TABLE + ("_half" if self.halfvec else "")),
             "lo": key.cast_text(sql.Placeholder("lo")),
             "hi": key.cast_text(sql.Placeholder("hi")),
             "kx": kx,
@@ -214,9 +229,11 @@ class VectorWriter:
             # the stage table's id is bigint; the destination table's, the source key's type
             id_type = self.key.type_name if self.to_table else "int8"
             return copy_binary_payload(
-                np.asarray(ids, dtype=np.int64), vectors, hashes, model_key, id_type
+                np.asarray(ids, dtype=np.int64), vectors, hashes, model_key, id_type, self.halfvec
             )
-        return copy_binary_payload_keys(key_bytes(self.key, ids), vectors, hashes, model_key)
+        return copy_binary_payload_keys(
+            key_bytes(self.key, ids), vectors, hashes, model_key, self.halfvec
+        )
 
     def _write_table(self, ids: list[object], vectors: np.ndarray, hashes: list[bytes]) -> int:
         """COPY the rows the table does not hold; upsert the others (one probe of the key)."""

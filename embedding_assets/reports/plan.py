@@ -484,6 +484,7 @@ def _validate_and_count(
             space.model.dimensions,
             heap_bytes_per_row(conn, info.oid, report.counts.rows),
             destination=space.destination,
+            storage=space.storage,
             key_bytes={"integer": 8, "uuid": 16}.get(info.key.kind, 24),
         )
         progress.step("sampling texts to count tokens")

@@ -119,7 +119,7 @@ def render_plan(report: PlanReport) -> RenderableType:
         )
     if report.storage is not None:
         s = report.storage
-        toast = "TOASTed (> 495 dims)" if s.toasted else "stored inline"
+        toast = "TOASTed (over ~2 kB a vector)" if s.toasted else "stored inline"
         where = "in the destination table" if s.destination == "table" else "in the table"
         work.add_row(
             "disk added",

@@ -3,7 +3,7 @@
 Per embedded row the backfill UPDATEs three columns. The bytes involved:
 
     V = 4 * dims + 8        the vector datum (pgvector: 4-byte varlena header, int16 dim,
-                            int16 unused, float4 components)
+                            int16 unused, float4 components; halfvec: 2 * dims + 8)
     P = 33 + 8              provenance: sha256 bytea (32 bytes + 1-byte short header) and
                             the bigint model key
     T = 24 + 4              a heap tuple's header (23, aligned) and its line pointer
@@ -99,10 +99,11 @@ def estimate_storage(
     *,
     destination: str = "column",
     key_bytes: int = 8,
+    storage: str = "vector",
 ) -> StorageEstimate:
     """The module docstring's formula for `rows` embedded rows of `dims`-d vectors."""
-    vector = 4 * dims + 8
-    toasted = dims > TOAST_MAX_INLINE_DIMS
+    vector = (2 if storage == "halfvec" else 4) * dims + 8
+    toasted = vector > 4 * TOAST_MAX_INLINE_DIMS + 8
     inline = TOAST_POINTER_BYTES if toasted else vector
     chunks = -(-vector // TOAST_CHUNK_BYTES)
     toast = vector + TOAST_CHUNK_OVERHEAD * chunks if toasted else 0
