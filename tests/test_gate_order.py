@@ -191,3 +191,38 @@ def test_a_scan_that_began_before_the_latest_write_does_not_open(
     opened, why = gate_opens(space, instance)
     assert not opened
     assert "started before the latest write" in why
+
+
+def test_the_index_waits_for_checks_a_running_run_will_still_evaluate(
+    space_of_three: SpaceConfig,
+    dagster_instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A UI backfill launches the index run as soon as the last partition is materialized,
+    while that partition's run still scans the column: the index waits for the verdicts
+    instead of failing the backfill, then builds on them."""
+    space, instance = space_of_three, dagster_instance
+    first, second, third = keys_of(space, instance)
+    run_asset(space, instance, "embeddings", tags=range_tags(first, second))
+    held = Held(checks_module.evaluate_column)
+    monkeypatch.setattr(checks_module, "evaluate_column", held)
+    monkeypatch.setattr(checks_module, "CHECKS_POLL_SECONDS", 0.05)
+    waiting = threading.Event()
+    real_runs = checks_module.runs_evaluating
+
+    def spy(*args: object) -> list[str]:
+        running = real_runs(*args)  # type: ignore[arg-type]
+        if running:
+            waiting.set()
+        return running
+
+    monkeypatch.setattr(checks_module, "runs_evaluating", spy)
+    last_run = lambda: run_asset(space, instance, "embeddings", partition_key=third)  # noqa: E731
+    with in_background(last_run) as outcome:
+        assert held.entered.wait(WAIT)  # materialized; its checks are about to scan
+        with in_background(lambda: gate_opens(space, instance)) as index:
+            assert waiting.wait(WAIT)  # the index run sees the checks in flight and waits
+            held.release.set()
+    assert outcome and outcome[0].success  # type: ignore[union-attr]
+    opened, why = index[0]  # type: ignore[misc]
+    assert opened, why

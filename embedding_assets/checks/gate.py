@@ -13,6 +13,11 @@ was planned last. The rules, per gating check:
 
 And for the whole space: no partition may be unmaterialized right now (partitions added for
 new rows after the checks passed keep the gate closed).
+
+A gate that is closed only because some checks have no verdict yet, while a run that will
+evaluate them is still going, is `awaiting` them: in a UI backfill the index run starts as
+soon as the last partition is written, while that run still scans the column. The caller
+waits for that run rather than failing the backfill.
 """
 
 from __future__ import annotations
@@ -46,10 +51,23 @@ class Evaluation:
 class GateDecision:
     problems: list[str] = field(default_factory=list)
     deciding: dict[str, Evaluation] = field(default_factory=dict)
+    # checks with no verdict since the latest write (and nothing else wrong with them)
+    unevaluated: list[str] = field(default_factory=list)
+    pending_partitions: int = 0
 
     @property
     def open(self) -> bool:
         return not self.problems
+
+    @property
+    def only_unevaluated(self) -> bool:
+        """Closed only for want of verdicts: no failure, no stale pass, no partition left."""
+        verdicts = len(self.deciding) + len(self.unevaluated)
+        return (
+            bool(self.unevaluated)
+            and not self.pending_partitions
+            and (len(self.problems) == len(self.unevaluated) and verdicts > 0)
+        )
 
     @property
     def checks_evaluated_at(self) -> float | None:
@@ -71,6 +89,7 @@ def decide(
     """Apply the rules above; `evaluations` are those recorded after the latest write."""
     problems: list[str] = []
     deciding: dict[str, Evaluation] = {}
+    unevaluated: list[str] = []
     if pending_partitions:
         problems.append(
             f"{len(pending_partitions)} partitions are not materialized "
@@ -82,6 +101,7 @@ def decide(
         if verdict is None:
             why = "only deferred evaluations" if own else "no evaluation"
             problems.append(f"{name}: {why} since the latest write to the column")
+            unevaluated.append(name)
         elif not verdict.passed:
             problems.append(f"{name}: failed ({verdict.description or 'see the check'})")
         elif verdict.observed_at < last_write_at:
@@ -90,4 +110,4 @@ def decide(
             )
         else:
             deciding[name] = verdict
-    return GateDecision(problems, deciding)
+    return GateDecision(problems, deciding, unevaluated, len(pending_partitions))

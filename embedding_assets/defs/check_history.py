@@ -87,6 +87,26 @@ def evaluations_after(
     )
 
 
+def runs_evaluating(
+    instance: DagsterInstance, asset_key: AssetKey, check_names: Sequence[str]
+) -> list[str]:
+    """Ids of unfinished runs that planned one of these checks and have not evaluated it."""
+    table = AssetCheckExecutionsTable
+    query = select(table.c.run_id).where(
+        table.c.asset_key == asset_key.to_string(),
+        table.c.check_name.in_(list(check_names)),
+        table.c.execution_status == AssetCheckExecutionRecordStatus.PLANNED.value,
+    )
+    with _storage(instance).index_connection() as conn:
+        run_ids = sorted({str(r[0]) for r in conn.execute(query).fetchall()})
+    # A run that died leaves its checks PLANNED: only a run still going will evaluate them.
+    return [
+        run_id
+        for run_id in run_ids
+        if (run := instance.get_run_by_id(run_id)) is not None and not run.is_finished
+    ]
+
+
 def latest_evaluations(
     instance: DagsterInstance, asset_key: AssetKey, check_names: Sequence[str]
 ) -> dict[str, Evaluation]:

@@ -18,7 +18,7 @@ since the latest write (by evaluation time: runs finish out of their start order
 """
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 from dagster import (
@@ -39,7 +39,7 @@ from ..checks.gate import decide
 from ..config import SpaceConfig
 from ..db.registry import SpaceRecord, get_space
 from ..drift.identity import CONFIG_MATCHES, MODEL_FINGERPRINT, identity_verdicts
-from .check_history import evaluations_after
+from .check_history import evaluations_after, runs_evaluating
 from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions_name
 from .resources import EmbeddingModelsResource, PostgresResource
@@ -136,21 +136,50 @@ class ChecksNotPassed(Failure):
     """The gate is closed: activation or indexing would expose unchecked data."""
 
 
-def require_checks_passed(instance: DagsterInstance, space: SpaceConfig) -> dict[str, object]:
+# How long the index or activation waits for checks a running run will still evaluate: a
+# whole-column scan takes minutes at 10M rows (README, "Checks").
+CHECKS_WAIT_SECONDS = 3600.0
+CHECKS_POLL_SECONDS = 5.0
+
+
+def require_checks_passed(
+    instance: DagsterInstance,
+    space: SpaceConfig,
+    log: Callable[[str], None] | None = None,
+    *,
+    wait_seconds: float = CHECKS_WAIT_SECONDS,
+    poll_seconds: float = CHECKS_POLL_SECONDS,
+) -> dict[str, object]:
     """Fail unless the checks passed on the column as it is now (rules: `checks.gate`).
 
+    When the only thing missing is verdicts that a run still going will record (a UI
+    backfill starts the index as soon as the last partition is written, while that run
+    scans the column), wait for that run, up to `wait_seconds`, instead of failing.
     Returns metadata describing the evaluations the decision rested on.
     """
-    latest = instance.fetch_materializations(AssetRecordsFilter(embeddings_key(space)), limit=1)
-    if not latest.records:
-        raise ChecksNotPassed(f"{space.name}/embeddings has never been materialized")
-    last_write = latest.records[0]
-    decision = decide(
-        CHECK_NAMES,
-        evaluations_after(instance, embeddings_key(space), CHECK_NAMES, last_write.storage_id),
-        last_write_at=last_write.timestamp,
-        pending_partitions=pending_partitions(instance, space),
-    )
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        latest = instance.fetch_materializations(AssetRecordsFilter(embeddings_key(space)), limit=1)
+        if not latest.records:
+            raise ChecksNotPassed(f"{space.name}/embeddings has never been materialized")
+        last_write = latest.records[0]
+        decision = decide(
+            CHECK_NAMES,
+            evaluations_after(instance, embeddings_key(space), CHECK_NAMES, last_write.storage_id),
+            last_write_at=last_write.timestamp,
+            pending_partitions=pending_partitions(instance, space),
+        )
+        if decision.open or not decision.only_unevaluated or time.monotonic() >= deadline:
+            break
+        running = runs_evaluating(instance, embeddings_key(space), decision.unevaluated)
+        if not running:
+            break
+        if log is not None:
+            log(
+                f"waiting for run {', '.join(r[:8] for r in running)} to evaluate "
+                f"{', '.join(decision.unevaluated)} on {space.name}/embeddings"
+            )
+        time.sleep(poll_seconds)
     if not decision.open:
         raise ChecksNotPassed(
             f"space {space.name!r} is not validated, refusing to expose it: "

@@ -57,7 +57,7 @@ def build_visibility_assets(space: SpaceConfig) -> list[AssetsDefinition]:
         ),
     )
     def hnsw_index(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
-        gate = require_checks_passed(context.instance, space)
+        gate = require_checks_passed(context.instance, space, context.log.info)
         with postgres.connect() as conn:
             result = build_hnsw_index(conn, space)
         if result.dropped_invalid:
@@ -95,7 +95,7 @@ def build_visibility_assets(space: SpaceConfig) -> list[AssetsDefinition]:
         ),
     )
     def registry(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
-        gate = require_checks_passed(context.instance, space)
+        gate = require_checks_passed(context.instance, space, context.log.info)
         validated_at = datetime.fromtimestamp(float(gate["checks_evaluated_at"]), UTC)  # type: ignore[arg-type]
         with postgres.connect() as conn:
             switch = activate_space(conn, space, validated_at=validated_at)  # needs a valid index
