@@ -127,6 +127,25 @@ def render_plan(report: PlanReport) -> RenderableType:
         )
         work.add_row("disk peak", _bytes(s.peak_bytes), "before vacuum reclaims old row versions")
         work.add_row("WAL", _bytes(s.wal_bytes), "plus full-page images after checkpoints")
+        work.add_row(
+            "dead tuples",
+            _n(s.dead_tuples),
+            "one old row version per UPDATE, until autovacuum (or a VACUUM) reclaims it",
+        )
+    if report.index is not None:
+        ix = report.index
+        work.add_row(
+            "index build time",
+            _duration(ix.seconds),
+            f"HNSW over {_n(ix.rows)} vectors, from the measured curve (reports/index_estimate)",
+        )
+        work.add_row("index size", _bytes(ix.size_bytes), "")
+        work.add_row(
+            "maintenance_work_mem",
+            _bytes(ix.memory_bytes),
+            f"needed to build the graph in memory; configured {_bytes(ix.configured_bytes)}"
+            + ("" if ix.fits else " [bold red]too small: the build spills to disk, much slower[/]"),
+        )
     verdict = (
         "[bold green]ready:[/] nothing was written"
         if report.ok

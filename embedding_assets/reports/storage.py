@@ -24,6 +24,10 @@ and sequence, varlena header, and a TOAST-index entry). So per row:
                                                 the primary-key index entry of a non-HOT
                                                 update
 
+Each UPDATE leaves the old row version dead: `dead_tuples` = rows updated, until (auto)vacuum
+reclaims them; the table's size stays at `peak` after that, the space reused by later
+writes, unless VACUUM FULL or pg_repack rewrites it.
+
 Not included: full-page images (the first change to each page after a checkpoint logs the
 whole 8 kB page: up to the table's size again per checkpoint interval), a wide row pushing
 a shorter vector out of line too, and compression (floats barely compress).
@@ -63,6 +67,11 @@ class StorageEstimate:
     def wal_bytes(self) -> int:
         return self.rows * self.wal_bytes_per_row
 
+    @property
+    def dead_tuples(self) -> int:
+        """Old row versions left by the UPDATEs (column destination), before vacuum."""
+        return self.rows
+
     def as_dict(self) -> dict[str, object]:
         return {
             "rows": self.rows,
@@ -73,6 +82,7 @@ class StorageEstimate:
             "added_bytes": self.added_bytes,
             "peak_bytes": self.peak_bytes,
             "wal_bytes": self.wal_bytes,
+            "dead_tuples": self.dead_tuples,
             "full_page_images_included": False,
         }
 
