@@ -571,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table.add_column("measured")
     for r in results:
         table.add_column(f"{r.rows:,} rows", justify="right")
-    names = [n for n in results[0].figures if not n.startswith("_")]
+    # Every figure any N measured, in first-seen order (a fallback step exists at some N only).
+    names = list(dict.fromkeys(n for r in results for n in r.figures if not n.startswith("_")))
     for name in names:
         table.add_row(name, *(r.figures.get(name, "-") for r in results))
     console.print(table)
