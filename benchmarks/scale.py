@@ -480,6 +480,12 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
             f"{mb(storage.wal_bytes)} vs {mb(wal_embed)} ({ratio(storage.wal_bytes, wal_embed)})",
             console,
         )
+        out.put(
+            "plan: WAL with vacuum vs embedding WAL",
+            f"{mb(storage.wal_with_vacuum_bytes)} vs {mb(wal_embed)}"
+            f" ({ratio(storage.wal_with_vacuum_bytes, wal_embed)})",
+            console,
+        )
     if plan.time is not None:
         out.put(
             "plan: embedding time vs backfill wall",

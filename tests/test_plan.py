@@ -122,6 +122,11 @@ def test_plan_counts_exactly_and_writes_nothing(
     assert report["storage"]["wal_bytes"] > report["storage"]["added_bytes"] > 0
     # column destination: every UPDATE leaves one dead row version until vacuum
     assert report["storage"]["dead_tuples"] == rows - empty
+    table_bytes = conn.execute("SELECT pg_table_size('docs')").fetchone()[0]
+    storage = report["storage"]
+    assert storage["wal_with_vacuum_bytes"] == (
+        storage["wal_bytes"] + table_bytes + storage["peak_bytes"]
+    )
     index = report["index"]
     assert index["rows"] == rows - empty and index["dimensions"] == 16
     assert index["seconds"] > 0 and index["size_bytes"] >= 8192

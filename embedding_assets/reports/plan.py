@@ -335,6 +335,12 @@ def sample_texts(
     return texts
 
 
+def table_bytes(conn: psycopg.Connection, table_oid: int) -> int:
+    """Heap and TOAST bytes (no indexes): what a vacuum pass after the backfill re-logs."""
+    row = conn.execute("SELECT pg_table_size(%s::oid)", (table_oid,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def heap_bytes_per_row(conn: psycopg.Connection, table_oid: int, rows: int) -> int:
     row = conn.execute("SELECT pg_relation_size(%s::oid)", (table_oid,)).fetchone()
     return int(row[0]) // rows if row and rows else 0
@@ -479,6 +485,7 @@ def _validate_and_count(
             report.counts.to_embed,
             space.model.dimensions,
             heap_bytes_per_row(conn, info.oid, report.counts.rows),
+            table_bytes(conn, info.oid),
         )
         progress.step("sampling texts to count tokens")
         return sample_texts(conn, space, provenance, key, sample_rows, report.counts.to_embed)

@@ -126,7 +126,12 @@ def render_plan(report: PlanReport) -> RenderableType:
             "disk added", _bytes(s.added_bytes), f"{s.added_bytes_per_row:,} B/row, {toast}"
         )
         work.add_row("disk peak", _bytes(s.peak_bytes), "before vacuum reclaims old row versions")
-        work.add_row("WAL", _bytes(s.wal_bytes), "plus full-page images after checkpoints")
+        work.add_row("WAL", _bytes(s.wal_bytes), "the UPDATEs: new row versions and records")
+        work.add_row(
+            "WAL with vacuum",
+            _bytes(s.wal_with_vacuum_bytes),
+            "plus the vacuum pass after checkpoints: about every page as a full-page image",
+        )
         work.add_row(
             "dead tuples",
             _n(s.dead_tuples),
