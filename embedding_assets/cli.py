@@ -7,13 +7,18 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from .errors import EmbeddingBackfillError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 app = typer.Typer(
     help="Re-embed PostgreSQL tables into new pgvector columns, gated by checks. "
@@ -29,6 +34,22 @@ err_console = Console(stderr=True)
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON (stable keys) instead of tables")
 ]
+
+
+class StatusFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    parquet = "parquet"
+    json = "json"
+
+
+class StatusTable(StrEnum):
+    """The tables of `reports.status.status_frames`."""
+
+    spaces = "spaces"
+    partitions = "partitions"
+    indexes = "indexes"
+    checks = "checks"
 
 
 def _fail(err: Exception) -> None:
@@ -345,6 +366,20 @@ def status(
     space: Annotated[
         str | None, typer.Argument(help="One space; default: every configured space")
     ] = None,
+    output_format: Annotated[
+        StatusFormat,
+        typer.Option("--format", help="table: for people; csv, parquet, json: one table's rows"),
+    ] = StatusFormat.table,
+    table: Annotated[
+        StatusTable,
+        typer.Option(
+            "--table", help="Which table --format csv|parquet|json exports (one row per ...)"
+        ),
+    ] = StatusTable.spaces,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Write the export here (required for parquet)"),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Where each space stands, from the registry, the table and Dagster.
@@ -353,7 +388,12 @@ def status(
     partitions materialized out of those created, rows with text, embedded, missing and stale
     (one scan of the table per space), the latest evaluation of each column check, and the
     indexes on the target column. Reads only.
+
+    `--format csv|parquet|json` exports one table (`--table`: spaces, partitions, indexes or
+    checks) to stdout or `--output`; `--json` prints the whole report as nested JSON.
     """
+    if output_format is StatusFormat.parquet and output is None:
+        raise typer.BadParameter("--format parquet writes a file: give --output PATH")
     from .config import load_config
     from .instance import project_instance
     from .reports.render import progress_on, render_status
@@ -370,7 +410,28 @@ def status(
             instance.dispose()
     except EmbeddingBackfillError as err:
         _fail(err)
-    _show(report, render_status, json_output)
+    if json_output or output_format is StatusFormat.table:
+        _show(report, render_status, json_output)
+        return
+    from .reports.status import status_frames
+
+    export_frame(status_frames(report)[table.value], output_format.value, output)
+
+
+def export_frame(frame: pl.DataFrame, output_format: str, output: Path | None) -> None:
+    """Write `frame` as csv, parquet or json (records) to `output`, or stdout (not parquet)."""
+    if output_format == "parquet":
+        assert output is not None
+        frame.write_parquet(output)
+        return
+    if output_format == "csv":
+        text = frame.write_csv()
+    else:  # records; datetimes as ISO 8601
+        text = json.dumps(frame.to_dicts(), indent=2, default=lambda v: v.isoformat()) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
 
 
 def main() -> None:  # pragma: no cover

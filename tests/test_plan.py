@@ -16,11 +16,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
 from embedding_assets.cli import app
-from embedding_assets.config import SpaceConfig
+from embedding_assets.config import IndexConfig, SpaceConfig
 from embedding_assets.pipeline.backfill import embed_range
 from embedding_assets.pipeline.partitions import KeyRange
 from embedding_assets.pipeline.target import prepare_target_column
 from embedding_assets.providers import build_provider
+from embedding_assets.reports.index_estimate import estimate_index, memory_bytes
 from embedding_assets.reports.storage import estimate_storage
 
 
@@ -119,7 +120,25 @@ def test_plan_counts_exactly_and_writes_nothing(
     assert report["cost"]["usd"] == 0.0 and report["endpoint"]["kind"] == "local"
     assert report["time"]["sample_rows"] == 64 and report["time"]["rows_per_second"] > 0
     assert report["storage"]["wal_bytes"] > report["storage"]["added_bytes"] > 0
+    # column destination: every UPDATE leaves one dead row version until vacuum
+    assert report["storage"]["dead_tuples"] == rows - empty
+    table_bytes = conn.execute("SELECT pg_table_size('docs')").fetchone()[0]
+    storage = report["storage"]
+    assert storage["wal_with_vacuum_bytes"] == (
+        storage["wal_bytes"] + table_bytes + storage["peak_bytes"]
+    )
+    index = report["index"]
+    assert index["rows"] == rows - empty and index["dimensions"] == 16
+    assert index["seconds"] > 0 and index["size_bytes"] >= 8192
+    assert (
+        0
+        < index["maintenance_work_mem_needed_bytes"]
+        < index["maintenance_work_mem_configured_bytes"]
+        == 1024**3
+    )
+    assert index["fits_in_memory"] is True
     assert "ready" in human and "1,056" in human  # rows to embed, as a person reads it
+    assert "index build time" in human and "dead tuples" in human
 
 
 def test_plan_without_pgvector_says_so_and_creates_nothing(
@@ -274,3 +293,24 @@ def test_plan_for_a_destination_table_writes_nothing_and_estimates_its_disk(
         " + pg_relation_size('embedding_backfills.docs_emb_pkey')"
     ).fetchone()[0]
     assert 0.75 <= storage["added_bytes"] / measured <= 1.25, (storage, measured)
+
+
+def test_index_estimate_reproduces_the_measured_curve() -> None:
+    """The constants give back what benchmarks/index_curve.py measured (m=16, ef 64)."""
+    default = IndexConfig()
+    small = estimate_index(10_000, 384, default)
+    assert small.size_bytes == 2_500 * 8192  # 4 elements a page: 20.5 MB measured
+    assert 7.8 * 0.75 < small.seconds < 7.8 * 1.25
+    wide = estimate_index(10_000, 1024, default)
+    assert wide.size_bytes == 10_000 * 8192  # 1 element a page: 81.9 MB measured
+    assert 18.1 * 0.75 < wide.seconds < 18.1 * 1.25
+    assert 30_000 * 2_200 < estimate_index(30_000, 384, default).memory_bytes < 30_000 * 2_300
+    # N log N: ten times the rows take more than ten times as long
+    assert (
+        estimate_index(1_000_000, 384, default).seconds
+        > 10 * estimate_index(100_000, 384, default).seconds
+    )
+    # a maintenance_work_mem below the graph's size is flagged
+    assert not estimate_index(1_000_000, 384, IndexConfig(maintenance_work_mem="1GB")).fits
+    assert estimate_index(1_000_000, 384, IndexConfig(maintenance_work_mem="4GB")).fits
+    assert memory_bytes("512 MB") == 512 * 1024**2 and memory_bytes("65536") == 64 * 1024**2

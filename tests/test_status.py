@@ -3,9 +3,11 @@ wrote to: partitions, row counts and check evaluations as an operator reads them
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import polars as pl
 import psycopg
 import pytest
 from conftest import create_docs, make_space, materialize_target, non_empty_count, run_asset
@@ -82,6 +84,39 @@ def test_status_after_embedding_part_of_a_table(
     assert human.exit_code == 0, human.output
     assert "1/3" in human.output and f"{with_text - embedded:,}" in human.output
     assert untouched.name not in human.output  # one space asked, one space shown
+
+    # the same tables exported: typed columns, one row per space / partition / check
+    parquet = tmp_path / "status.parquet"
+    exported = runner.invoke(app, ["status", "--format", "parquet", "--output", str(parquet)])
+    assert exported.exit_code == 0, exported.output
+    frame = pl.read_parquet(parquet)
+    assert frame["space"].to_list() == [space.name, untouched.name]
+    mine = frame.row(0, named=True)
+    assert (mine["partitions_done"], mine["partitions_total"]) == (1, 3)
+    assert (mine["embedded"], mine["missing"], mine["stale"]) == (
+        embedded,
+        with_text - embedded,
+        1,
+    )
+    assert frame.schema["missing"] == pl.Int64 and frame.row(1, named=True)["missing"] is None
+    csv = runner.invoke(app, ["status", space.name, "--format", "csv", "--table", "partitions"])
+    assert csv.exit_code == 0, csv.output
+    partitions = pl.read_csv(io.StringIO(csv.stdout))
+    assert partitions.columns == ["space", "partition", "materialized"]
+    assert partitions["partition"].to_list() == sorted(
+        cli_instance.get_dynamic_partitions(id_range_partitions_name(space))
+    )
+    assert partitions["materialized"].to_list() == [True, False, False]
+    checks = runner.invoke(app, ["status", space.name, "--format", "json", "--table", "checks"])
+    assert checks.exit_code == 0, checks.output
+    records = json.loads(checks.stdout)
+    assert [(r["check"], r["state"]) for r in records] == [
+        (name, "deferred")
+        for name in ("uniform_dimension", "complete", "one_model", "sane_vectors")
+    ]
+    assert all(r["evaluated_at"].endswith("+00:00") for r in records)
+    refused = runner.invoke(app, ["status", "--format", "parquet"])
+    assert refused.exit_code == 2 and "--output" in refused.output
 
 
 def test_status_of_a_finished_space_shows_passed_checks_and_the_index(

@@ -13,18 +13,29 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AutomationCondition,
+    Config,
     MaterializeResult,
     asset,
 )
+from pydantic import Field
 
 from ..config import SpaceConfig
+from ..db.connection import connect as connect_database
 from ..db.destination import destination_of
 from ..db.registry import get_space
 from ..lifecycle.activation import activate_space
-from ..lifecycle.index import build_hnsw_index
+from ..lifecycle.index import build_hnsw_index_watched
 from .checks import require_checks_passed
 from .keys import embeddings_key, hnsw_index_key, registry_key
 from .resources import PostgresResource
+
+
+class HnswIndexConfig(Config):
+    progress_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the build's progress (phase, counters, rate, ETA) is logged",
+    )
 
 
 def index_automation_condition() -> AutomationCondition:
@@ -56,10 +67,19 @@ def build_visibility_assets(space: SpaceConfig) -> list[AssetsDefinition]:
             f"{destination_of(space).label}, built CONCURRENTLY once the checks passed."
         ),
     )
-    def hnsw_index(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
+    def hnsw_index(
+        context: AssetExecutionContext, postgres: PostgresResource, config: HnswIndexConfig
+    ) -> MaterializeResult:
         gate = require_checks_passed(context.instance, space, context.log.info)
         with postgres.connect() as conn:
-            result = build_hnsw_index(conn, space)
+            # A second connection watches the build and logs its progress every few seconds.
+            result, figures = build_hnsw_index_watched(
+                conn,
+                space,
+                lambda: connect_database(postgres.url(), autocommit=True),
+                context.log,
+                interval=config.progress_interval_seconds,
+            )
         if result.dropped_invalid:
             context.log.warning(f"dropped INVALID index(es): {', '.join(result.dropped_invalid)}")
         context.log.info(
@@ -79,6 +99,7 @@ def build_visibility_assets(space: SpaceConfig) -> list[AssetsDefinition]:
                 "maintenance_work_mem": space.index.maintenance_work_mem,
                 "max_parallel_maintenance_workers": space.index.max_parallel_maintenance_workers,
                 "dropped_invalid_indexes": ", ".join(result.dropped_invalid) or "none",
+                **figures.as_metadata(),
                 **gate,
             }
         )

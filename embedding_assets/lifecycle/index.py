@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -23,6 +25,7 @@ from ..config import SpaceConfig
 from ..db.destination import destination_of
 from ..db.introspect import indexes_on_column, inspect_table, relation
 from ..errors import DatabaseError
+from .index_progress import BuildWatcher, InfoLogger
 
 log = logging.getLogger(__name__)
 HNSW_MAX_VECTOR_DIMS = 2000
@@ -153,3 +156,69 @@ def index_is_valid(conn: psycopg.Connection, space: SpaceConfig, name: str) -> b
         return False
     row = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s", (index[0],))
     return bool((valid := row.fetchone()) and valid[0])
+
+
+#: pgvector's NOTICE when the graph outgrows maintenance_work_mem: the build goes on, slower.
+_SPILL = re.compile(r"hnsw graph no longer fits into maintenance_work_mem after ([0-9]+) tuples")
+
+
+@dataclass(frozen=True)
+class BuildFigures:
+    """What an operator wants to know after a (watched) build, for the metadata."""
+
+    phase_seconds: dict[str, float]
+    progress_samples: int
+    maintenance_work_mem: str  # as the builder's session had it (SHOW)
+    index_tuples: int  # pg_class.reltuples of the index after the build
+    graph_spilled_after: int | None  # tuples, when the graph outgrew maintenance_work_mem
+
+    def as_metadata(self) -> dict[str, object]:
+        return {
+            "phase_seconds": self.phase_seconds,
+            "progress_samples": self.progress_samples,
+            "maintenance_work_mem_used": self.maintenance_work_mem,
+            "index_tuples": self.index_tuples,
+            "graph_spilled_after_tuples": self.graph_spilled_after or 0,
+        }
+
+
+def build_hnsw_index_watched(
+    conn: psycopg.Connection,
+    space: SpaceConfig,
+    connect: Callable[[], psycopg.Connection],
+    logger: InfoLogger,
+    *,
+    interval: float = 5.0,
+) -> tuple[IndexResult, BuildFigures]:
+    """`build_hnsw_index` while a watcher on its own connection (`connect()`) logs the
+    build's progress every `interval` seconds; returns the final figures too."""
+    spills: list[int] = []
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        if match := _SPILL.search(diag.message_primary or ""):
+            spills.append(int(match.group(1)))
+            logger.info(
+                f"index build: the graph outgrew maintenance_work_mem after "
+                f"{int(match.group(1)):,} tuples; the rest builds on disk, much slower "
+                "(raise index.maintenance_work_mem; `plan` says how much it needs)"
+            )
+
+    conn.add_notice_handler(on_notice)
+    try:
+        with BuildWatcher(connect, conn.info.backend_pid, logger, interval=interval) as watcher:
+            result = build_hnsw_index(conn, space)
+    finally:
+        conn.remove_notice_handler(on_notice)
+    mwm = conn.execute("SHOW maintenance_work_mem").fetchone()
+    tuples = conn.execute(
+        "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
+        (sql.Identifier(space.schema_name, result.name).as_string(conn),),
+    ).fetchone()
+    figures = BuildFigures(
+        phase_seconds=watcher.timeline.phase_seconds(),
+        progress_samples=len(watcher.timeline.samples),
+        maintenance_work_mem=str(mwm[0]) if mwm else "",
+        index_tuples=max(int(tuples[0]), 0) if tuples and tuples[0] is not None else 0,
+        graph_spilled_after=spills[0] if spills else None,
+    )
+    return result, figures

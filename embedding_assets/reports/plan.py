@@ -31,6 +31,7 @@ from ..pipeline.target import check_fingerprint, indexes_blocking_writes
 from ..providers import SENTINEL_TEXTS, EmbeddingProvider, build_provider
 from . import NoProgress, Progress, read_only_connection
 from .endpoint import Endpoint, endpoint_of
+from .index_estimate import IndexEstimate, estimate_index
 from .storage import StorageEstimate, estimate_storage
 from .tokens import token_counter
 
@@ -138,6 +139,7 @@ class PlanReport:
     cost: CostEstimate | None = None
     time: TimeEstimate | None = None
     storage: StorageEstimate | None = None
+    index: IndexEstimate | None = None
 
     @property
     def ok(self) -> bool:
@@ -171,6 +173,7 @@ class PlanReport:
             "cost": None if self.cost is None else self.cost.as_dict(),
             "time": None if self.time is None else self.time.as_dict(),
             "storage": None if self.storage is None else self.storage.as_dict(),
+            "index": None if self.index is None else self.index.as_dict(),
         }
 
 
@@ -342,6 +345,12 @@ def sample_texts(
     return texts
 
 
+def table_bytes(conn: psycopg.Connection, table_oid: int) -> int:
+    """Heap and TOAST bytes (no indexes): what a vacuum pass after the backfill re-logs."""
+    row = conn.execute("SELECT pg_table_size(%s::oid)", (table_oid,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def heap_bytes_per_row(conn: psycopg.Connection, table_oid: int, rows: int) -> int:
     row = conn.execute("SELECT pg_relation_size(%s::oid)", (table_oid,)).fetchone()
     return int(row[0]) // rows if row and rows else 0
@@ -479,10 +488,14 @@ def _validate_and_count(
         except EmbeddingBackfillError as err:
             findings.append(Finding("partitions", False, str(err)))
             return []
+        # The index holds every row with text, embedded now or before.
+        indexed = report.counts.rows - report.counts.empty
+        report.index = estimate_index(indexed, space.model.dimensions, space.index)
         report.storage = estimate_storage(
             report.counts.to_embed,
             space.model.dimensions,
             heap_bytes_per_row(conn, info.oid, report.counts.rows),
+            table_bytes(conn, info.oid),
             destination=space.destination,
             storage=space.storage,
             key_bytes={"integer": 8, "uuid": 16}.get(info.key.kind, 24),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import polars as pl
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgressBar
@@ -12,9 +13,10 @@ from rich.table import Table
 
 from .plan import PlanReport
 from .smoke import SmokeReport
-from .status import StatusReport
+from .status import StatusReport, status_frames
 
 _OK = "[green]ok[/]"
+_STATE_STYLE = {"passed": "green", "failed": "bold red", "deferred": "yellow"}
 _FAIL = "[bold red]FAIL[/]"
 
 
@@ -128,11 +130,37 @@ def render_plan(report: PlanReport) -> RenderableType:
         )
         if s.destination == "table":
             work.add_row("disk peak", _bytes(s.peak_bytes), "source table unchanged: no dead rows")
+            work.add_row("WAL", _bytes(s.wal_bytes), "the INSERTs: new rows and their key")
+            work.add_row("dead tuples", "0", "nothing is updated: nothing for a vacuum to do")
         else:
             work.add_row(
                 "disk peak", _bytes(s.peak_bytes), "before vacuum reclaims old row versions"
             )
-        work.add_row("WAL", _bytes(s.wal_bytes), "plus full-page images after checkpoints")
+            work.add_row("WAL", _bytes(s.wal_bytes), "the UPDATEs: new row versions and records")
+            work.add_row(
+                "WAL with vacuum",
+                _bytes(s.wal_with_vacuum_bytes),
+                "plus the vacuum pass after checkpoints: about every page as a full-page image",
+            )
+            work.add_row(
+                "dead tuples",
+                _n(s.dead_tuples),
+                "one old row version per UPDATE, until autovacuum (or a VACUUM) reclaims it",
+            )
+    if report.index is not None:
+        ix = report.index
+        work.add_row(
+            "index build time",
+            _duration(ix.seconds),
+            f"HNSW over {_n(ix.rows)} vectors, from the measured curve (reports/index_estimate)",
+        )
+        work.add_row("index size", _bytes(ix.size_bytes), "")
+        work.add_row(
+            "maintenance_work_mem",
+            _bytes(ix.memory_bytes),
+            f"needed to build the graph in memory; configured {_bytes(ix.configured_bytes)}"
+            + ("" if ix.fits else " [bold red]too small: the build spills to disk, much slower[/]"),
+        )
     verdict = (
         "[bold green]ready:[/] nothing was written"
         if report.ok
@@ -198,42 +226,88 @@ def render_smoke(report: SmokeReport) -> RenderableType:
     return Group(*parts)
 
 
+def frame_table(frame: pl.DataFrame, title: str, *, right: Sequence[str] = ()) -> Table:
+    """A polars DataFrame of display strings as a rich table (null cells shown as `-`)."""
+    table = Table(title=title)
+    for name in frame.columns:
+        justify = "right" if name in right else "left"
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name in right)
+    for row in frame.iter_rows():
+        table.add_row(*("-" if cell is None else str(cell) for cell in row))
+    return table
+
+
+def _thousands(column: str) -> pl.Expr:
+    """An integer column as `1,234` (`?` when unknown), for people."""
+    return (
+        pl.col(column)
+        .map_elements(lambda v: f"{v:,}", return_dtype=pl.String, skip_nulls=True)
+        .fill_null("?")
+    )
+
+
 def render_status(report: StatusReport) -> RenderableType:
-    spaces = Table(title="vector spaces")
-    spaces.add_column("space", overflow="fold")
-    spaces.add_column("registry")
-    for column in ("partitions", "rows with text", "embedded", "missing", "stale"):
-        spaces.add_column(column, justify="right", no_wrap=True)
-    columns = Table(title="columns and indexes")
-    for column in ("space", "column", "index", "valid"):
-        columns.add_column(column, overflow="fold")
-    checks = Table(title="latest check evaluations")
-    for column in ("space", "check", "state", "severity", "evaluated (UTC)"):
-        checks.add_column(column)
-    for s in report.spaces:
-        partitions = (
-            "adopted" if s.partitions_total is None else f"{s.partitions_done}/{s.partitions_total}"
+    frames = status_frames(report)
+    counts = ("rows with text", "embedded", "missing", "stale")
+    spaces = frames["spaces"].select(
+        pl.col("space"),
+        pl.col("registry"),
+        pl.when(pl.col("adopted"))
+        .then(pl.lit("adopted"))
+        .otherwise(pl.format("{}/{}", "partitions_done", "partitions_total"))
+        .alias("partitions"),
+        _thousands("rows_with_text").alias("rows with text"),
+        _thousands("embedded"),
+        _thousands("missing"),
+        pl.when(pl.col("adopted"))
+        .then(pl.lit("n/a"))
+        .otherwise(_thousands("stale"))
+        .alias("stale"),
+    )
+    # One line per index, the space's column named once; "none" when it has no index.
+    where = frames["spaces"].select(
+        "space",
+        pl.format("{}.{}", "table", "target_column")
+        .add(pl.when(pl.col("column_exists")).then(pl.lit("")).otherwise(pl.lit(" (absent)")))
+        .alias("column"),
+    )
+    columns = (
+        where.join(frames["indexes"], on="space", how="left", maintain_order="left")
+        .with_columns(
+            pl.col("index").fill_null("none"),
+            pl.when(pl.col("valid").is_null())
+            .then(pl.lit("-"))
+            .when(pl.col("valid"))
+            .then(pl.lit("yes"))
+            .otherwise(pl.lit("[bold red]INVALID[/]"))
+            .alias("valid"),
+            first=pl.int_range(pl.len()).over("space") == 0,
         )
-        spaces.add_row(
-            s.space,
-            s.registry,
-            partitions,
-            _n(s.rows_with_text),
-            _n(s.embedded),
-            _n(s.missing),
-            "n/a" if s.adopted else _n(s.stale),
+        .select(
+            pl.when("first").then(pl.col("space")).otherwise(pl.lit("")).alias("space"),
+            pl.when("first").then(pl.col("column")).otherwise(pl.lit("")).alias("column"),
+            "index",
+            "valid",
         )
-        where = f"{s.table}.{s.target_column}" + ("" if s.column_exists else " (absent)")
-        for i, index in enumerate(s.indexes or [None]):
-            columns.add_row(
-                s.space if i == 0 else "",
-                where if i == 0 else "",
-                "none" if index is None else index.name,
-                "-" if index is None else "yes" if index.valid else "[bold red]INVALID[/]",
-            )
-        for c in s.checks:
-            style = {"passed": "green", "failed": "bold red", "deferred": "yellow"}.get(c.state)
-            state = f"[{style}]{c.state}[/]" if style else c.state
-            when = (c.evaluated_at or "-").replace("T", " ").removesuffix("+00:00")
-            checks.add_row(s.space, c.name, state, c.severity or "-", when)
-    return Group(spaces, columns, checks) if checks.row_count else Group(spaces, columns)
+    )
+    style = pl.col("state").replace_strict(_STATE_STYLE, default=None)
+    checks = frames["checks"].select(
+        "space",
+        "check",
+        pl.when(style.is_null())
+        .then(pl.col("state"))
+        .otherwise(pl.format("[{}]{}[/]", style, pl.col("state")))
+        .alias("state"),
+        pl.col("severity").fill_null("-"),
+        pl.col("evaluated_at")
+        .dt.strftime("%Y-%m-%d %H:%M:%S")
+        .fill_null("-")
+        .alias("evaluated (UTC)"),
+    )
+    parts: list[RenderableType] = [
+        frame_table(spaces, "vector spaces", right=("partitions", *counts)),
+        frame_table(columns, "columns and indexes"),
+    ]
+    if checks.height:
+        parts.append(frame_table(checks, "latest check evaluations"))
+    return Group(*parts)

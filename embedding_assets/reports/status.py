@@ -4,6 +4,9 @@ Per space: registry state, partitions materialized out of those created, one sca
 column (`checks.column.evaluate_column`: rows with text, vectors, missing, stale), the
 latest evaluation of each column check, and the indexes on the target column. Reads only;
 the Dagster instance is passed in so a caller (or a test) chooses which one.
+
+`status_frames` lays the report out as polars DataFrames (one row per space, partition,
+index or check), which the CLI prints with rich or exports as CSV, Parquet or JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import polars as pl
 import psycopg
 from dagster import DagsterInstance
 
@@ -71,6 +75,8 @@ class SpaceStatus:
     stale: int | None = None  # None: no per-row text hash (adopted column)
     checks: list[CheckState] = field(default_factory=list)
     indexes: list[IndexState] = field(default_factory=list)
+    # (partition key, materialized), in key order; exported, summarised as done/total
+    partitions: list[tuple[str, bool]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -121,11 +127,11 @@ def check_states(instance: DagsterInstance, space: SpaceConfig) -> list[CheckSta
     return states
 
 
-def partition_counts(instance: DagsterInstance, space: SpaceConfig) -> tuple[int, int]:
-    """(materialized, created) key-range partitions of `<name>/embeddings`."""
-    known = set(instance.get_dynamic_partitions(id_range_partitions_name(space)))
+def partition_states(instance: DagsterInstance, space: SpaceConfig) -> list[tuple[str, bool]]:
+    """Each key-range partition of `<name>/embeddings` and whether it is materialized."""
+    known = sorted(instance.get_dynamic_partitions(id_range_partitions_name(space)))
     done = set(instance.get_materialized_partitions(embeddings_key(space)))
-    return len(known & done), len(known)
+    return [(key, key in done) for key in known]
 
 
 def _registry_record(conn: psycopg.Connection, space: SpaceConfig) -> SpaceRecord | None:
@@ -145,7 +151,9 @@ def space_status(
         registry=record.status if record else "unregistered",
     )
     if not space.adopt:
-        status.partitions_done, status.partitions_total = partition_counts(instance, space)
+        status.partitions = partition_states(instance, space)
+        status.partitions_done = sum(done for _, done in status.partitions)
+        status.partitions_total = len(status.partitions)
         status.checks = check_states(instance, space)
     table = relation(conn, space.vector_schema, space.vector_table_name)  # where vectors live
     if table is None or column_info(conn, table[0], space.target_column) is None:
@@ -188,3 +196,58 @@ def status_report(
             progress.step(f"scanning {space.table}.{space.target_column} ({space.name})")
             report.spaces.append(space_status(conn, instance, space))
     return report
+
+
+_SPACE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "space": pl.String,
+    "table": pl.String,
+    "target_column": pl.String,
+    "model": pl.String,
+    "adopted": pl.Boolean,
+    "registry": pl.String,
+    "column_exists": pl.Boolean,
+    "partitions_done": pl.Int64,
+    "partitions_total": pl.Int64,
+    "rows": pl.Int64,
+    "rows_with_text": pl.Int64,
+    "rows_outside_filter": pl.Int64,
+    "embedded": pl.Int64,
+    "missing": pl.Int64,
+    "stale": pl.Int64,
+}
+
+
+def status_frames(report: StatusReport) -> dict[str, pl.DataFrame]:
+    """The report as four typed tables: spaces, partitions, indexes, checks. Nulls where a
+    value does not apply (an adopted space has no partitions nor per-row hashes, an absent
+    column no counts)."""
+    spaces = pl.DataFrame(
+        [{name: getattr(s, name) for name in _SPACE_SCHEMA} for s in report.spaces],
+        schema=_SPACE_SCHEMA,
+    )
+    partitions = pl.DataFrame(
+        [(s.space, key, done) for s in report.spaces for key, done in s.partitions],
+        schema={"space": pl.String, "partition": pl.String, "materialized": pl.Boolean},
+        orient="row",
+    )
+    indexes = pl.DataFrame(
+        [(s.space, i.name, i.valid, i.method) for s in report.spaces for i in s.indexes],
+        schema={"space": pl.String, "index": pl.String, "valid": pl.Boolean, "method": pl.String},
+        orient="row",
+    )
+    checks = pl.DataFrame(
+        [
+            (s.space, c.name, c.state, c.severity, c.evaluated_at)
+            for s in report.spaces
+            for c in s.checks
+        ],
+        schema={
+            "space": pl.String,
+            "check": pl.String,
+            "state": pl.String,
+            "severity": pl.String,
+            "evaluated_at": pl.String,
+        },
+        orient="row",
+    ).with_columns(pl.col("evaluated_at").str.to_datetime(time_zone="UTC"))
+    return {"spaces": spaces, "partitions": partitions, "indexes": indexes, "checks": checks}

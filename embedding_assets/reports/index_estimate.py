@@ -1,0 +1,109 @@
+"""How long the HNSW build will take, how large the index is and the memory it needs.
+
+From a curve measured on this project's reference machine (2 vCPU shared with other work,
+embedded PostgreSQL 18 + pgvector 0.8, random unit vectors, m=16, ef_construction=64,
+maintenance_work_mem 1GB, max_parallel_maintenance_workers 2), with
+`benchmarks/index_curve.py --rows 10000,30000,100000 --dims 384` and `--rows 10000,30000
+--dims 1024` (Dec 2026):
+
+    dims   rows      seconds   µs per row*log2(rows)   index bytes/row   graph bytes/row
+    384    10,000      7.8      58.5                    2,049             2,253
+    384    30,000     21.6      48.4                    2,048
+    384   100,000    136        82 (cores shared)       2,048
+    1024   10,000     18.1     136                      8,193             4,813
+    1024   30,000     61.4     138                      8,192
+
+An HNSW insert searches the graph (about log N hops of ef_construction candidates, each a
+distance over `dims` floats), so the build is ~ N log2 N distance computations:
+
+    seconds  = (US_PER_STEP_384 + US_PER_STEP_PER_DIM * (dims - 384)) * 1e-6
+               * N * log2(N) * ef_construction / 64
+    size     = ceil(N / per_page) * 8 kB, per_page = floor(8160 / (vector + NEIGHBOR_BYTES))
+               (an element and its neighbour list share a page: 4 per page at 384 dims,
+               1 at 1024, which is why 1024 dims cost 8 kB a row)
+    memory   = N * (vector + GRAPH_NEIGHBOR_BYTES * m / 16)   (the graph, in memory)
+
+Checked against full builds by `benchmarks/scale.py` (README, Scale): 1M rows at 384 dims
+took 1,148 s against 1,256 s estimated, 2,048 MB against 2,048 MB.
+
+graph bytes/row is maintenance_work_mem / the tuples after which pgvector's NOTICE said the
+graph no longer fit (an 8MB build of 10k rows). Past `memory`, pgvector builds the rest of
+the graph on disk, many times slower: `plan` flags a maintenance_work_mem below it. A
+machine with more, or unshared, cores is faster: rerun the curve there. An estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from ..config import IndexConfig
+
+#: µs per (row x log2 rows) at 384 dims: the mean of 58.5 (10k), 48.4 (30k) and 82 (100k,
+#: while another benchmark shared the cores), measured as in the module docstring.
+US_PER_STEP_384 = 63.0
+#: Extra µs per step for each dimension past 384: (136 - 58.5) / (1024 - 384), both at 10k.
+US_PER_STEP_PER_DIM = 0.121
+#: An element's neighbour list and tuple headers at m=16, bytes: 4 elements of 1,544-byte
+#: vectors fill a page at 384 dims, 1 of 4,104 at 1024 (8,160 usable bytes a page).
+NEIGHBOR_BYTES = 490
+PAGE_BYTES = 8192
+PAGE_USABLE_BYTES = 8160
+#: Graph memory per row beyond the vector, at m=16: 2,253 measured - (4 * 384 + 8); the
+#: same 709 at 1024 dims (4,813 - 4,104).
+GRAPH_NEIGHBOR_BYTES = 709
+
+_UNITS = {"kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "": 1024}
+
+
+def memory_bytes(setting: str) -> int:
+    """A PostgreSQL memory setting (`1GB`, `512 MB`, `65536` = kB) in bytes."""
+    match = re.fullmatch(r"([0-9]+) ?(kB|MB|GB|TB)?", setting.strip())
+    if match is None:
+        raise ValueError(f"not a memory setting: {setting!r}")
+    return int(match.group(1)) * _UNITS[match.group(2) or ""]
+
+
+@dataclass(frozen=True)
+class IndexEstimate:
+    rows: int  # vectors the index will hold
+    dims: int
+    seconds: float
+    size_bytes: int
+    memory_bytes: int  # maintenance_work_mem for the graph to stay in memory
+    configured_bytes: int  # index.maintenance_work_mem
+
+    @property
+    def fits(self) -> bool:
+        return self.configured_bytes >= self.memory_bytes
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rows": self.rows,
+            "dimensions": self.dims,
+            "seconds": round(self.seconds, 1),
+            "size_bytes": self.size_bytes,
+            "maintenance_work_mem_needed_bytes": self.memory_bytes,
+            "maintenance_work_mem_configured_bytes": self.configured_bytes,
+            "fits_in_memory": self.fits,
+        }
+
+
+def estimate_index(rows: int, dims: int, index: IndexConfig) -> IndexEstimate:
+    """The module docstring's curve for an index over `rows` vectors of `dims` dims.
+    Above 2000 dims the index holds halfvec (2 bytes a component)."""
+    component = 2 if dims > 2000 else 4
+    vector = component * dims + 8
+    steps = rows * math.log2(rows) if rows > 1 else float(rows)
+    per_step = max(US_PER_STEP_384 + US_PER_STEP_PER_DIM * (dims - 384), 1.0)
+    seconds = per_step * 1e-6 * steps * index.ef_construction / 64
+    per_page = max(1, int(PAGE_USABLE_BYTES // (vector + NEIGHBOR_BYTES * index.m / 16)))
+    return IndexEstimate(
+        rows=rows,
+        dims=dims,
+        seconds=seconds,
+        size_bytes=math.ceil(rows / per_page) * PAGE_BYTES,
+        memory_bytes=round(rows * (vector + GRAPH_NEIGHBOR_BYTES * index.m / 16)),
+        configured_bytes=memory_bytes(index.maintenance_work_mem),
+    )
