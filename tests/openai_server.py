@@ -13,6 +13,12 @@ renormalises like text-embedding-3; asking for more than `dims` is a 400. Both
 `ignore_encoding_format=True` answers float lists whatever was asked, like some compatible
 servers.
 
+Requests in flight are counted (`peak_in_flight`). `rendezvous=n` holds each embeddings
+request until n are open at once (a bounded wait: `rendezvous_timeout`, then it answers
+anyway), so a test proves a client keeps n in flight without timing anything.
+`remaining=(requests, tokens, reset)` adds x-ratelimit-remaining-* / reset-* headers to
+every success, as OpenAI does.
+
 Faults are queued with `fail_next` and consumed one per request, in order. Every request is
 recorded (after its body is read, before any fault), so tests can assert on calls. Nothing
 loops unboundedly: bodies are size-capped, a hang is a bounded wait that shutdown cuts short.
@@ -21,12 +27,14 @@ loops unboundedly: bodies are size-capped, a hang is a bounded wait that shutdow
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
 import socket
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -163,6 +171,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(413, "request body too large")
             return
         raw = self.rfile.read(length)
+        with owner._entered():
+            self._handle(owner, raw)
+
+    def _handle(self, owner: FakeEmbeddingsServer, raw: bytes) -> None:
         if owner.latency:
             owner._stopping.wait(owner.latency)
         try:
@@ -261,7 +273,16 @@ class _Handler(BaseHTTPRequestHandler):
         if kind != "no_usage":
             payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         owner._count_tokens(tokens)
-        self._send_json(200, payload)
+        headers = None
+        if owner.remaining is not None:
+            left_requests, left_tokens, reset = owner.remaining
+            headers = {
+                "x-ratelimit-remaining-requests": str(left_requests),
+                "x-ratelimit-remaining-tokens": str(left_tokens),
+                "x-ratelimit-reset-requests": reset,
+                "x-ratelimit-reset-tokens": reset,
+            }
+        self._send_json(200, payload, headers)
 
     def _apply_transport_fault(self, fault: Fault, inputs: list[str]) -> bool:
         """Answer for faults that never produce embeddings; True when handled."""
@@ -306,8 +327,17 @@ class FakeEmbeddingsServer:
         api_key: str | None = None,
         latency: float = 0.0,
         ignore_encoding_format: bool = False,
+        rendezvous: int = 1,
+        rendezvous_timeout: float = 10.0,
+        remaining: tuple[int, int, str] | None = None,
     ) -> None:
         self.dims = dims
+        self.rendezvous = rendezvous  # hold each request until this many are open at once
+        self.rendezvous_timeout = rendezvous_timeout
+        self.remaining = remaining  # (requests, tokens, reset) for x-ratelimit-* headers
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._arrivals = threading.Condition()
         self.ignore_encoding_format = ignore_encoding_format  # float lists, whatever was asked
         self.latency = latency  # seconds before every answer: a remote model's round trip
         self.salt = salt  # another salt: "another model" under the same name and dimension
@@ -417,6 +447,23 @@ class FakeEmbeddingsServer:
         return (cut / np.linalg.norm(cut) * self.scale).astype(np.float32)
 
     # -- handler side -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
+        """Count the request in flight; with a rendezvous, wait until enough are."""
+        with self._arrivals:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self._arrivals.notify_all()
+            self._arrivals.wait_for(
+                lambda: self.peak_in_flight >= self.rendezvous or self._stopping.is_set(),
+                timeout=self.rendezvous_timeout,
+            )
+        try:
+            yield
+        finally:
+            with self._arrivals:
+                self.in_flight -= 1
 
     def _next_fault(self) -> Fault | None:
         with self._lock:

@@ -180,7 +180,7 @@ def build_space_assets(
         partitions = context.partition_key_range
         try:
             key_range = run_key_range(context, space, postgres)
-            provider = embedding_models.provider(space.model)
+            provider = embedding_models.provider(space.model, postgres.url())
             context.log.info(
                 f"embedding keys {key_range.describe()} of {space.table} with "
                 f"{provider.identity.label()} (partitions {partitions.start}..{partitions.end})"
