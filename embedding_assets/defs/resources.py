@@ -41,11 +41,12 @@ class EmbeddingModelsResource(ConfigurableResource):
     def provider(self, model: ModelConfig, database_url: str | None = None) -> EmbeddingProvider:
         """The model's provider. With `database_url`, a hosted endpoint is paced through the
         database: its budgets and 429 pauses are shared by every run calling it."""
-        key = f"{model.model_dump_json()} {database_url or ''}"
+        # Local models ignore pacing: one instance per process whoever asks (loading one
+        # takes seconds and memory).
+        paced = database_url if model.provider == "openai" else None
+        key = f"{model.model_dump_json()} {paced or ''}"
         with _PROVIDERS_LOCK:
             if key not in _PROVIDERS:
-                limiter = None
-                if database_url is not None and model.provider == "openai":
-                    limiter = PostgresRateLimiter(database_url, model)
+                limiter = None if paced is None else PostgresRateLimiter(paced, model)
                 _PROVIDERS[key] = build_provider(model, limiter)
             return _PROVIDERS[key]

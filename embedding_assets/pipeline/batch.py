@@ -20,6 +20,7 @@ so a run killed while writing just writes them again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -35,7 +36,12 @@ from ..db.keys import KeyType
 from ..errors import ProviderError
 from ..providers import EmbeddingProvider
 from ..providers.openai import OpenAIProvider
-from ..providers.openai_batch import BatchFile, BatchStatus, OpenAIBatchClient
+from ..providers.openai_batch import (
+    MAX_INPUTS_PER_BATCH,
+    BatchFile,
+    BatchStatus,
+    OpenAIBatchClient,
+)
 from .backfill import RangeStats, lock_partitions, preflight
 from .partitions import ALL_KEYS, KeyRange
 from .reader import count_rows, iter_pages
@@ -148,16 +154,23 @@ def embed_range_batch(
         for round_no in range(1, MAX_ROUNDS + 2):
             for recorded in ledger.open():
                 _finish(client, ledger, writer, key, recorded, stats, info_log, sleep)
-            missing = _missing_rows(conn, space, key, key_range, model_key, writer, stats)
+            # The last round only counts: rows refused that often are not sent again.
+            submit = (
+                functools.partial(
+                    _submit, client, ledger, space, round_no=round_no, info_log=info_log
+                )
+                if round_no <= MAX_ROUNDS
+                else None
+            )
+            missing = _missing_rows(conn, space, key, key_range, model_key, writer, stats, submit)
             if not missing:
                 break
-            if round_no > MAX_ROUNDS:
+            if submit is None:
                 raise ProviderError(
-                    f"{len(missing):,} rows of {space.name} keys {key_range.describe()} came "
+                    f"{missing:,} rows of {space.name} keys {key_range.describe()} came "
                     f"back as errors from {MAX_ROUNDS} batches in a row; nothing else is "
                     "missing. Check the batch error files in the OpenAI dashboard"
                 )
-            _submit(client, ledger, space, missing, round_no, info_log)
         stats.rows_skipped = stats.rows_scanned - stats.rows_embedded - stats.rows_empty
     stats.seconds = time.monotonic() - started
     return stats
@@ -171,11 +184,13 @@ def _missing_rows(
     model_key: int,
     writer: VectorWriter,
     stats: RangeStats,
-) -> list[tuple[str, bytes, str]]:
-    """(key text, text hash, text) of every row still lacking a current vector; blank rows
-    that still have one are cleared on the way, as online."""
-    missing: list[tuple[str, bytes, str]] = []
-    empty = 0
+    submit: Callable[[list[tuple[str, bytes, str]]], None] | None,
+) -> int:
+    """Count the rows still lacking a current vector and (with `submit`) send them off,
+    one batch's worth (MAX_INPUTS_PER_BATCH) at a time: memory stays at one batch of texts
+    whatever the range. Blank rows that still have a vector are cleared, as online."""
+    pending: list[tuple[str, bytes, str]] = []
+    missing = empty = 0
     for page in iter_pages(conn, space, key, key_range, model_key, space.batch_size):
         clear = []
         for row_id, text, digest, done, has_vector in zip(
@@ -188,10 +203,17 @@ def _missing_rows(
                 if has_vector:
                     clear.append(row_id)
             else:
-                missing.append((key.to_text(row_id), digest, text))
+                missing += 1
+                pending.append((key.to_text(row_id), digest, text))
         if clear:
             writer.write([], np.zeros((0, space.model.dimensions), np.float32), [], clear)
             stats.rows_cleared += len(clear)
+        if len(pending) >= MAX_INPUTS_PER_BATCH:
+            if submit is not None:
+                submit(pending)
+            pending = []
+    if pending and submit is not None:
+        submit(pending)
     stats.rows_empty = empty
     return missing
 
