@@ -77,6 +77,7 @@ def _check_stored(conn: psycopg.Connection, server: FakeEmbeddingsServer) -> Non
         " FROM docs WHERE emb IS NOT NULL ORDER BY id"
     ).fetchall()
     assert len(rows) == non_empty_count(conn)
+    assert all(r[2] for r in rows)  # provenance: the hash of the text that was embedded
     want = np.vstack([server.vector(r[0], MODEL, DIMS) for r in rows])
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     np.testing.assert_allclose(np.asarray([r[1] for r in rows]), want, atol=1e-6)
@@ -210,3 +211,52 @@ def test_batch_tokens_cost_half_the_list_price() -> None:
     full, half = estimate_cost(online, cloud, 1_000_000), estimate_cost(batch, cloud, 1_000_000)
     assert full.usd is not None and half.usd == pytest.approx(full.usd / 2)
     assert "Batch API" in half.basis
+
+
+def test_a_batch_created_but_not_recorded_is_found_by_its_input_file(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance
+) -> None:
+    """The run died between creating the batch and recording its id: the re-run lists the
+    batches, finds the one made from its recorded file, and does not create another."""
+    from embedding_assets.providers import build_provider
+    from embedding_assets.providers.openai import OpenAIProvider
+    from embedding_assets.providers.openai_batch import OpenAIBatchClient
+
+    create_docs(conn, 40)
+    with FakeEmbeddingsServer(dims=DIMS) as server:
+        space = _space(server.base_url)
+        materialize_target(space, dagster_instance)
+        rows = conn.execute(
+            "SELECT id::text, sha256(convert_to(body, 'UTF8')), body FROM docs"
+            " WHERE btrim(coalesce(body, '')) <> '' ORDER BY docs.id"  # key order, as read
+        ).fetchall()
+        provider = build_provider(space.model)
+        assert isinstance(provider, OpenAIProvider)
+        client = OpenAIBatchClient(provider)
+        (file,) = client.build_files([(r[0], bytes(r[1]), r[2]) for r in rows], prefix="dead")
+        file_id = client.upload(file, "dead.jsonl")
+        conn.execute(
+            "INSERT INTO embedding_backfills.batches (input_file_id, space, key_range,"
+            " model_key, status, requests, inputs, tokens)"
+            " VALUES (%s, %s, %s, %s, 'uploaded', %s, %s, %s)",
+            (
+                file_id,
+                space.name,
+                repr((None, None)),
+                provider.identity.key,
+                len(file.lines),
+                file.inputs,
+                file.tokens,
+            ),
+        )
+        for line in file.lines:
+            conn.execute(
+                "INSERT INTO embedding_backfills.batch_lines VALUES (%s, %s, %s, %s)",
+                (file_id, line.custom_id, line.keys, line.hashes),
+            )
+        created = client.create(file_id, {})  # ... and the run died before recording it
+        provider.close()
+
+        _embeddings_run(space, dagster_instance)
+        assert server.batches.created == [created.id]
+        _check_stored(conn, server)
