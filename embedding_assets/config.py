@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,6 +59,29 @@ class ModelConfig(_Strict):
     max_retries: int = Field(default=6, ge=0)
     max_inputs_per_request: int = Field(default=2048, gt=0, le=2048)
     max_tokens_per_request: int = Field(default=300_000, gt=0)
+    max_concurrent_requests: int = Field(
+        default=8,
+        gt=0,
+        le=256,
+        description="openai: requests one run keeps in flight; 1 sends them one at a time",
+    )
+    requests_per_minute: int | None = Field(
+        default=None,
+        gt=0,
+        description="openai: request budget of the endpoint, shared by every run that uses it",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        gt=0,
+        description="openai: token budget of the endpoint, shared by every run that uses it",
+    )
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="openai: `batch` sends partitions through the Batch API (half the price)",
+    )
+    batch_poll_seconds: float = Field(
+        default=30.0, gt=0, description="openai batch mode: seconds between status polls"
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -69,6 +93,24 @@ class ModelConfig(_Strict):
                 "never the key itself"
             )
         return value
+
+    @model_validator(mode="after")
+    def _batch_needs_openai(self) -> ModelConfig:
+        if self.mode == "batch" and self.provider != "openai":
+            raise ValueError(
+                "mode: batch uses the OpenAI Batch API and needs provider: openai; "
+                "remove mode or set it to online"
+            )
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, as shared budgets name it: scheme, host and path, never the
+        user:password a URL may carry."""
+        parts = urlsplit(self.base_url or "https://api.openai.com/v1")
+        return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}" + (
+            parts.path.rstrip("/")
+        )
 
 
 class IndexConfig(_Strict):

@@ -13,6 +13,12 @@ renormalises like text-embedding-3; asking for more than `dims` is a 400. Both
 `ignore_encoding_format=True` answers float lists whatever was asked, like some compatible
 servers.
 
+Requests in flight are counted (`peak_in_flight`). `rendezvous=n` holds each embeddings
+request until n are open at once (a bounded wait: `rendezvous_timeout`, then it answers
+anyway), so a test proves a client keeps n in flight without timing anything.
+`remaining=(requests, tokens, reset)` adds x-ratelimit-remaining-* / reset-* headers to
+every success, as OpenAI does.
+
 Faults are queued with `fail_next` and consumed one per request, in order. Every request is
 recorded (after its body is read, before any fault), so tests can assert on calls. Nothing
 loops unboundedly: bodies are size-capped, a hang is a bounded wait that shutdown cuts short.
@@ -21,12 +27,16 @@ loops unboundedly: bodies are size-capped, a hang is a bounded wait that shutdow
 from __future__ import annotations
 
 import base64
+import contextlib
+import email.parser
+import email.policy
 import functools
 import hashlib
 import json
 import socket
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -154,6 +164,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, payload, headers)
 
     def do_GET(self) -> None:
+        owner = self.server.owner
+        path = self.path.split("?")[0].rstrip("/")
+        if path.startswith("/v1/batches") or path.startswith("/v1/files"):
+            status, payload = owner.batches.get(path)
+            if isinstance(payload, bytes):
+                self._send_raw(status, payload, "application/octet-stream")
+            else:
+                self._send_json(status, payload)
+            return
         self._error(404, f"unknown path {self.path}")
 
     def do_POST(self) -> None:
@@ -163,6 +182,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(413, "request body too large")
             return
         raw = self.rfile.read(length)
+        path = self.path.rstrip("/")
+        if path in ("/v1/files", "/v1/batches"):
+            content_type = self.headers.get("Content-Type", "")
+            self._send_json(*owner.batches.post(path, raw, content_type))
+            return
+        with owner._entered():
+            self._handle(owner, raw)
+
+    def _handle(self, owner: FakeEmbeddingsServer, raw: bytes) -> None:
         if owner.latency:
             owner._stopping.wait(owner.latency)
         try:
@@ -261,7 +289,16 @@ class _Handler(BaseHTTPRequestHandler):
         if kind != "no_usage":
             payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         owner._count_tokens(tokens)
-        self._send_json(200, payload)
+        headers = None
+        if owner.remaining is not None:
+            left_requests, left_tokens, reset = owner.remaining
+            headers = {
+                "x-ratelimit-remaining-requests": str(left_requests),
+                "x-ratelimit-remaining-tokens": str(left_tokens),
+                "x-ratelimit-reset-requests": reset,
+                "x-ratelimit-reset-tokens": reset,
+            }
+        self._send_json(200, payload, headers)
 
     def _apply_transport_fault(self, fault: Fault, inputs: list[str]) -> bool:
         """Answer for faults that never produce embeddings; True when handled."""
@@ -306,14 +343,24 @@ class FakeEmbeddingsServer:
         api_key: str | None = None,
         latency: float = 0.0,
         ignore_encoding_format: bool = False,
+        rendezvous: int = 1,
+        rendezvous_timeout: float = 10.0,
+        remaining: tuple[int, int, str] | None = None,
     ) -> None:
         self.dims = dims
+        self.rendezvous = rendezvous  # hold each request until this many are open at once
+        self.rendezvous_timeout = rendezvous_timeout
+        self.remaining = remaining  # (requests, tokens, reset) for x-ratelimit-* headers
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._arrivals = threading.Condition()
         self.ignore_encoding_format = ignore_encoding_format  # float lists, whatever was asked
         self.latency = latency  # seconds before every answer: a remote model's round trip
         self.salt = salt  # another salt: "another model" under the same name and dimension
         self.scale = scale  # != 1.0: vectors that are not unit-norm
         self.api_key = api_key  # when set, any other bearer token gets a 401
         self.tokens_served = 0
+        self.batches = FakeBatchAPI(self)
         self._faults: deque[Fault] = deque()
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -418,6 +465,23 @@ class FakeEmbeddingsServer:
 
     # -- handler side -----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
+        """Count the request in flight; with a rendezvous, wait until enough are."""
+        with self._arrivals:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self._arrivals.notify_all()
+            self._arrivals.wait_for(
+                lambda: self.peak_in_flight >= self.rendezvous or self._stopping.is_set(),
+                timeout=self.rendezvous_timeout,
+            )
+        try:
+            yield
+        finally:
+            with self._arrivals:
+                self.in_flight -= 1
+
     def _next_fault(self) -> Fault | None:
         with self._lock:
             return self._faults.popleft() if self._faults else None
@@ -456,3 +520,182 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+BatchOutcome = Literal["complete", "expire", "error_lines"]
+
+
+class FakeBatchAPI:
+    """The Files and Batches endpoints, enough for embeddings batches.
+
+    Each created batch takes its outcome from `outcomes` (queued with `plan`, default
+    "complete") and ends after `polls` retrieves:
+
+    - "complete": every line answered in the output file (in reverse order: matched by
+      custom_id, not position);
+    - "expire": status `expired`, only the first half of the lines answered;
+    - "error_lines": `completed`, but every other line is in the error file (status 500).
+
+    `created` lists the batches created, so a test can prove nothing was submitted twice.
+    """
+
+    def __init__(self, owner: FakeEmbeddingsServer, polls: int = 2) -> None:
+        self.owner = owner
+        self.polls = polls
+        self.files: dict[str, bytes] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.created: list[str] = []
+        self.outcomes: deque[BatchOutcome] = deque()
+        self._retrieves: dict[str, int] = {}
+        self._outcome: dict[str, BatchOutcome] = {}
+        self._lock = threading.Lock()
+
+    def plan(self, *outcomes: BatchOutcome) -> None:
+        with self._lock:
+            self.outcomes.extend(outcomes)
+
+    def _new_file(self, content: bytes, purpose: str) -> str:
+        file_id = f"file-{len(self.files) + 1:04d}"
+        self.files[file_id] = content
+        return file_id
+
+    def post(self, path: str, raw: bytes, content_type: str) -> tuple[int, object]:
+        with self._lock:
+            if path == "/v1/files":
+                message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                    b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+                )
+                content = b""
+                for part in message.iter_parts():
+                    if part.get_param("name", header="content-disposition") == "file":
+                        content = part.get_payload(decode=True) or b""
+                file_id = self._new_file(content, "batch")
+                return 200, {
+                    "id": file_id,
+                    "object": "file",
+                    "bytes": len(content),
+                    "purpose": "batch",
+                    "filename": "input.jsonl",
+                    "created_at": 0,
+                    "status": "processed",
+                }
+            body = json.loads(raw)
+            if body.get("input_file_id") not in self.files:
+                return 400, {"error": {"message": "unknown input file", "type": "x"}}
+            batch_id = f"batch_{len(self.records) + 1:04d}"
+            lines = self.files[body["input_file_id"]].splitlines()
+            self.records[batch_id] = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": body.get("endpoint"),
+                "input_file_id": body["input_file_id"],
+                "completion_window": body.get("completion_window"),
+                "status": "validating",
+                "created_at": 0,
+                "output_file_id": None,
+                "error_file_id": None,
+                "metadata": body.get("metadata"),
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            }
+            self._outcome[batch_id] = self.outcomes.popleft() if self.outcomes else "complete"
+            self._retrieves[batch_id] = 0
+            self.created.append(batch_id)
+            return 200, self.records[batch_id]
+
+    def get(self, path: str) -> tuple[int, object]:
+        with self._lock:
+            if path == "/v1/batches":
+                data = [self.records[b] for b in reversed(self.created)]
+                return 200, {
+                    "object": "list",
+                    "data": data,
+                    "has_more": False,
+                    "first_id": None,
+                    "last_id": None,
+                }
+            if path.startswith("/v1/batches/"):
+                batch_id = path.rsplit("/", 1)[1]
+                if batch_id not in self.records:
+                    return 404, {"error": {"message": "no such batch", "type": "x"}}
+                self._retrieves[batch_id] += 1
+                if self._retrieves[batch_id] >= self.polls and self.records[batch_id][
+                    "status"
+                ] not in ("completed", "expired"):
+                    self._end(batch_id)
+                elif self.records[batch_id]["status"] == "validating":
+                    self.records[batch_id]["status"] = "in_progress"
+                return 200, self.records[batch_id]
+            if path.startswith("/v1/files/") and path.endswith("/content"):
+                file_id = path.split("/")[3]
+                if file_id not in self.files:
+                    return 404, {"error": {"message": "no such file", "type": "x"}}
+                return 200, self.files[file_id]
+            return 404, {"error": {"message": f"unknown path {path}", "type": "x"}}
+
+    def _end(self, batch_id: str) -> None:
+        record = self.records[batch_id]
+        outcome = self._outcome[batch_id]
+        lines = [json.loads(x) for x in self.files[record["input_file_id"]].splitlines() if x]
+        answered, errors = [], []
+        for n, line in enumerate(lines):
+            if outcome == "expire" and n >= len(lines) // 2:
+                continue
+            if outcome == "error_lines" and n % 2 == 1:
+                errors.append(
+                    {
+                        "id": f"req_{n}",
+                        "custom_id": line["custom_id"],
+                        "response": {
+                            "status_code": 500,
+                            "request_id": "r",
+                            "body": {"error": {"message": "server error", "type": "server_error"}},
+                        },
+                        "error": None,
+                    }
+                )
+                continue
+            answered.append(
+                {
+                    "id": f"req_{n}",
+                    "custom_id": line["custom_id"],
+                    "response": {
+                        "status_code": 200,
+                        "request_id": "r",
+                        "body": self._answer(line["body"]),
+                    },
+                    "error": None,
+                }
+            )
+        answered.reverse()
+        record["status"] = "expired" if outcome == "expire" else "completed"
+        counts = record["request_counts"]
+        counts["completed"], counts["failed"] = len(answered), len(errors)
+        if answered:
+            record["output_file_id"] = self._new_file(
+                b"".join(json.dumps(a).encode() + b"\n" for a in answered), "batch_output"
+            )
+        if errors:
+            record["error_file_id"] = self._new_file(
+                b"".join(json.dumps(e).encode() + b"\n" for e in errors), "batch_output"
+            )
+
+    def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        owner = self.owner
+        served = body.get("dimensions") or owner.dims
+        items = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": _encode(
+                    owner.vector(t, body["model"], served), body.get("encoding_format")
+                ),
+            }
+            for i, t in enumerate(body["input"])
+        ]
+        tokens = sum(token_count(t) for t in body["input"])
+        return {
+            "object": "list",
+            "data": items,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }

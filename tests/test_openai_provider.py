@@ -149,7 +149,8 @@ def test_embeds_in_order_across_requests_and_reports_tokens(
     server: FakeEmbeddingsServer, make_provider: MakeProvider
 ) -> None:
     texts = texts_of(10)
-    provider = make_provider(server.base_url, max_inputs_per_request=3)
+    # One request at a time, so that the server sees them in the order they were packed.
+    provider = make_provider(server.base_url, max_inputs_per_request=3, max_concurrent_requests=1)
 
     batch = provider.embed(texts)
 
@@ -196,7 +197,9 @@ def test_requests_stay_within_the_token_budget(
     """Packed by the model's own token counts: no request over the budget, none split early."""
     texts = [words(5 + i % 23, seed=i) for i in range(60)]
     budget = 120
-    provider = make_provider(server.base_url, max_tokens_per_request=budget)
+    provider = make_provider(
+        server.base_url, max_tokens_per_request=budget, max_concurrent_requests=1
+    )
 
     batch = provider.embed(texts)
 
@@ -215,7 +218,7 @@ def test_default_budgets_hold_for_large_batches(
 ) -> None:
     """2048 inputs and 300,000 tokens per request, 8192 per input: OpenAI's own limits."""
     small = [f"row {i}" for i in range(3000)]
-    make_provider(server.base_url).embed(small)
+    make_provider(server.base_url, max_concurrent_requests=1).embed(small)
     assert [r.n_inputs for r in server.requests] == [2048, 952]
 
     large = [words(9000, seed=i) for i in range(45)]  # > 8192 tokens each: cut to 8192
@@ -622,7 +625,7 @@ def test_bad_response_in_a_later_request_fails_the_whole_call(
 ) -> None:
     server.fail_next("shuffle")  # request 1: fine
     server.fail_next("wrong_dims", dims=4)  # request 2: bad
-    provider = make_provider(server.base_url, max_inputs_per_request=2)
+    provider = make_provider(server.base_url, max_inputs_per_request=2, max_concurrent_requests=1)
     with pytest.raises(DimensionMismatchError):
         provider.embed(texts_of(6))
     assert len(server.requests) == 2  # stopped before the third request

@@ -25,8 +25,10 @@ from ..config import ModelConfig, SpaceConfig
 from ..db.destination import destination_of
 from ..errors import EmbeddingBackfillError, EndpointUnavailableError
 from ..pipeline.backfill import embed_range
+from ..pipeline.batch import embed_range_batch
 from ..pipeline.partitions import KeyRange, ranges_for_keys, recorded_ranges, span
 from ..pipeline.target import prepare_target_column
+from ..reports.plan import BATCH_PRICE_FACTOR, PRICES_USD_PER_MILLION_TOKENS
 from .keys import embeddings_key, target_column_key
 from .partitions import id_range_partitions, id_range_partitions_name
 from .resources import EmbeddingModelsResource, PostgresResource
@@ -38,6 +40,18 @@ from .resources import EmbeddingModelsResource, PostgresResource
 EMBEDDING_RETRY_POLICY = RetryPolicy(
     max_retries=4, delay=60, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
+
+
+def token_cost_usd(model: ModelConfig, tokens: int | None) -> float | None:
+    """What the run's tokens cost at the model's list price (half of it in batch mode);
+    None for local endpoints and unlisted models."""
+    if tokens is None or model.provider != "openai" or model.base_url is not None:
+        return None
+    price = PRICES_USD_PER_MILLION_TOKENS.get(model.name)
+    if price is None:
+        return None
+    factor = BATCH_PRICE_FACTOR if model.mode == "batch" else 1.0
+    return tokens * price * factor / 1_000_000
 
 
 def endpoint_pool(model: ModelConfig) -> str:
@@ -184,18 +198,13 @@ def build_space_assets(
         partitions = context.partition_key_range
         try:
             key_range = run_key_range(context, space, postgres)
-            provider = embedding_models.provider(space.model)
+            provider = embedding_models.provider(space.model, postgres.url())
             context.log.info(
                 f"embedding keys {key_range.describe()} of {space.table} with "
                 f"{provider.identity.label()} (partitions {partitions.start}..{partitions.end})"
             )
-            stats = embed_range(
-                space,
-                provider,
-                key_range,
-                database_url=postgres.url(),
-                logger=context.log,
-            )
+            run = embed_range_batch if space.model.mode == "batch" else embed_range
+            stats = run(space, provider, key_range, database_url=postgres.url(), logger=context.log)
         except EndpointUnavailableError as err:
             context.log.warning(f"{err}; the step is retried per its retry policy")
             raise
@@ -213,6 +222,10 @@ def build_space_assets(
             **{k: v for k, v in stats.as_dict().items() if v is not None},
         }
         metadata["rows_per_second"] = MetadataValue.float(float(stats.rows_per_second))
+        metadata["mode"] = space.model.mode
+        cost = token_cost_usd(space.model, stats.tokens)
+        if cost is not None:
+            metadata["cost_usd"] = MetadataValue.float(round(cost, 6))
         return MaterializeResult(metadata=metadata)
 
     return [target_column, embeddings]

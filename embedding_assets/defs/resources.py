@@ -11,7 +11,7 @@ from dagster import ConfigurableResource
 
 from ..config import ModelConfig
 from ..db.connection import connection, database_url
-from ..providers import EmbeddingProvider, build_provider
+from ..providers import EmbeddingProvider, PostgresRateLimiter, build_provider
 
 
 class PostgresResource(ConfigurableResource):
@@ -38,9 +38,15 @@ _PROVIDERS_LOCK = threading.Lock()
 class EmbeddingModelsResource(ConfigurableResource):
     """Builds each configured model once per process and reuses it across steps."""
 
-    def provider(self, model: ModelConfig) -> EmbeddingProvider:
-        key = model.model_dump_json()
+    def provider(self, model: ModelConfig, database_url: str | None = None) -> EmbeddingProvider:
+        """The model's provider. With `database_url`, a hosted endpoint is paced through the
+        database: its budgets and 429 pauses are shared by every run calling it."""
+        # Local models ignore pacing: one instance per process whoever asks (loading one
+        # takes seconds and memory).
+        paced = database_url if model.provider == "openai" else None
+        key = f"{model.model_dump_json()} {paced or ''}"
         with _PROVIDERS_LOCK:
             if key not in _PROVIDERS:
-                _PROVIDERS[key] = build_provider(model)
+                limiter = None if paced is None else PostgresRateLimiter(paced, model)
+                _PROVIDERS[key] = build_provider(model, limiter)
             return _PROVIDERS[key]

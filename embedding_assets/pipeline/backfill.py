@@ -2,7 +2,9 @@
 
 Reading the next page and writing the previous batch run on their own connections while
 the model embeds the current batch, so a real model is never left waiting on the database.
-Queues are bounded (one page ahead, two writes behind): memory is flat whatever the range.
+A hosted endpoint embeds several pages at once (`provider.concurrency`: its requests in
+flight); they are written in key order. Queues are bounded (one page ahead, the pages in
+flight, two writes behind): memory is flat whatever the range.
 Each batch commits on its own; an interrupted run loses at most the batches in flight, and
 a re-run skips every row whose vector is already there for the same text and model.
 """
@@ -118,21 +120,29 @@ class _Batch:
     vectors: np.ndarray
     hashes: list[bytes]
     clear_ids: list[object]
+    skipped: int = 0
+    empty: int = 0
+    truncated: int = 0
+    tokens: int | None = None
 
 
-def _prepare(page: Page, provider: EmbeddingProvider, stats: RangeStats) -> _Batch:
-    """Sort a page into done / blank / to-embed rows and embed the last group."""
+def _prepare(page: Page, provider: EmbeddingProvider) -> _Batch:
+    """Sort a page into done / blank / to-embed rows and embed the last group.
+
+    Runs on the embedding threads: it touches nothing shared, its counts go back in the
+    batch and are added up in key order by the loop."""
     ids: list[object] = []
     texts: list[str] = []
     hashes: list[bytes] = []
     clear: list[object] = []
+    skipped = empty = 0
     for row_id, text, digest, done, has_vector in zip(
         page.ids, page.texts, page.hashes, page.done, page.has_vector, strict=True
     ):
         if done:
-            stats.rows_skipped += 1
+            skipped += 1
         elif digest is None or text is None:
-            stats.rows_empty += 1
+            empty += 1
             if has_vector:
                 clear.append(row_id)
         else:
@@ -140,10 +150,7 @@ def _prepare(page: Page, provider: EmbeddingProvider, stats: RangeStats) -> _Bat
             texts.append(text)
             hashes.append(digest)
     batch = provider.embed(texts)
-    stats.rows_truncated += batch.truncated
-    if batch.tokens is not None:
-        stats.tokens = (stats.tokens or 0) + batch.tokens
-    return _Batch(ids, batch.vectors, hashes, clear)
+    return _Batch(ids, batch.vectors, hashes, clear, skipped, empty, batch.truncated, batch.tokens)
 
 
 def embed_range(
@@ -185,24 +192,46 @@ def embed_range(
                 stats.batches += 1
                 progress.advance(n_rows)
 
+        # Up to provider.concurrency pages are embedded at once (a hosted endpoint's requests
+        # in flight; 1 for a local model) and written in key order as they complete: memory
+        # stays bounded by pages in flight + one read ahead + WRITES_IN_FLIGHT.
+        embedding: deque[tuple[Future[_Batch], int]] = deque()
+        in_flight = max(1, provider.concurrency)
+        embedder = ThreadPoolExecutor(in_flight, thread_name_prefix="embed")
+
+        def finish_oldest() -> None:
+            future, n_rows = embedding.popleft()
+            batch = future.result()
+            stats.rows_skipped += batch.skipped
+            stats.rows_empty += batch.empty
+            stats.rows_truncated += batch.truncated
+            if batch.tokens is not None:
+                stats.tokens = (stats.tokens or 0) + batch.tokens
+            stats.rows_cleared += len(batch.clear_ids)
+            if not batch.ids and not batch.clear_ids:
+                progress.advance(n_rows)
+                return
+            drain(WRITES_IN_FLIGHT - 1)
+            write = writer_pool.submit(
+                writer.write, batch.ids, batch.vectors, batch.hashes, batch.clear_ids
+            )
+            pending.append((write, len(batch.ids), n_rows))
+
         next_page = reader.submit(next, pages, None)
         try:
             while (page := next_page.result()) is not None:
                 next_page = reader.submit(next, pages, None)  # read ahead while embedding
                 stats.rows_scanned += len(page.ids)
-                batch = _prepare(page, provider, stats)
-                stats.rows_cleared += len(batch.clear_ids)
-                if not batch.ids and not batch.clear_ids:
-                    progress.advance(len(page.ids))
-                    continue
-                drain(WRITES_IN_FLIGHT - 1)
-                future = writer_pool.submit(
-                    writer.write, batch.ids, batch.vectors, batch.hashes, batch.clear_ids
-                )
-                pending.append((future, len(batch.ids), len(page.ids)))
+                embedding.append((embedder.submit(_prepare, page, provider), len(page.ids)))
+                if len(embedding) >= in_flight:
+                    finish_oldest()
+            while embedding:
+                finish_oldest()
             drain(0)
         finally:
             next_page.cancel()
+            # On failure: pages not started are dropped, those in flight finish unwritten.
+            embedder.shutdown(wait=True, cancel_futures=True)
         # Destination `table`: vectors of rows deleted from the source, within this range.
         stats.rows_cleared += destination_of(space).delete_orphans(
             write_conn,

@@ -10,10 +10,14 @@ from .base import (
     Fingerprint,
     ModelIdentity,
 )
+from .pacing import LocalRateLimiter, PostgresRateLimiter, RateLimiter
 
 
-def build_provider(config: ModelConfig) -> EmbeddingProvider:
-    """Instantiate the configured provider; heavy imports happen only for the one in use."""
+def build_provider(config: ModelConfig, limiter: RateLimiter | None = None) -> EmbeddingProvider:
+    """Instantiate the configured provider; heavy imports happen only for the one in use.
+
+    `limiter` paces a hosted endpoint (default: in this process only); local models ignore
+    it."""
     if config.provider == "hash":
         from .hash import HashProvider
 
@@ -24,7 +28,7 @@ def build_provider(config: ModelConfig) -> EmbeddingProvider:
         return SentenceTransformersProvider(config)
     from .openai import OpenAIProvider
 
-    return OpenAIProvider(config)
+    return OpenAIProvider(config, limiter)
 
 
 __all__ = [
@@ -32,6 +36,9 @@ __all__ = [
     "EmbeddingBatch",
     "EmbeddingProvider",
     "Fingerprint",
+    "LocalRateLimiter",
     "ModelIdentity",
+    "PostgresRateLimiter",
+    "RateLimiter",
     "build_provider",
 ]

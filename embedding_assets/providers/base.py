@@ -108,6 +108,9 @@ class EmbeddingProvider(ABC):
     """Texts in, (n, dimensions) float32 out. Implementations must be safe to reuse."""
 
     identity: ModelIdentity
+    # Calls of `embed` worth keeping in flight at once (a hosted endpoint's requests in
+    # flight); 1 for a local model, which is busy with one batch at a time.
+    concurrency: int = 1
 
     @abstractmethod
     def _embed(self, texts: Sequence[str]) -> EmbeddingBatch:

@@ -24,8 +24,10 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ from tenacity.wait import wait_base
 from ..config import ModelConfig
 from ..errors import ConfigError, EndpointUnavailableError, ProviderError
 from .base import EmbeddingBatch, EmbeddingProvider, ModelIdentity, check_vectors, l2_normalize
+from .pacing import LocalRateLimiter, RateLimiter
 from .tokens import DEFAULT_MAX_INPUT_TOKENS, rules_for
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,26 @@ def rate_limit_wait(headers: Mapping[str, str], now: float | None = None) -> flo
     if not known:
         return None
     return min(max(0.0, *known), RATE_LIMIT_MAX_WAIT)
+
+
+def spent_budget_wait(headers: Mapping[str, str], tokens: int) -> float | None:
+    """After a success: how long the endpoint's x-ratelimit-remaining-* / reset-* headers say
+    its budget stays spent (no request left, or fewer tokens than this request used); None
+    while there is room."""
+    waits: list[float] = []
+    for kind, need in (("requests", 1), ("tokens", tokens)):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        if remaining is None or reset is None:
+            continue
+        try:
+            left = float(remaining)
+        except ValueError:
+            continue
+        wait = parse_duration(reset)
+        if left < need and wait is not None and wait == wait:
+            waits.append(min(max(0.0, wait), RATE_LIMIT_MAX_WAIT))
+    return max(waits) if waits else None
 
 
 def _server_wait(err: BaseException | None) -> float | None:
@@ -232,10 +255,23 @@ def _prompt_tokens(payload: dict[str, Any]) -> int | None:
 
 
 class OpenAIProvider(EmbeddingProvider):
-    def __init__(self, config: ModelConfig) -> None:
+    """Splits each call into requests and keeps up to `max_concurrent_requests` in flight.
+
+    The cap holds for the provider as a whole (one per process, shared by the pipeline's
+    threads), paced by a `RateLimiter`: in-process by default, shared through the database
+    when the resource passes one (providers/pacing.py).
+    """
+
+    def __init__(self, config: ModelConfig, limiter: RateLimiter | None = None) -> None:
         self.config = config
-        # How the retry loop waits; tests replace it to see the waits without taking them.
+        # How the retry loop and the pacing wait; tests replace it to see the waits without
+        # taking them.
         self.sleep: Callable[[float], None] = time.sleep
+        self.limiter: RateLimiter = limiter or LocalRateLimiter.for_model(config)
+        self.concurrency = config.max_concurrent_requests
+        self._in_flight = threading.BoundedSemaphore(self.concurrency)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
             if config.base_url is None:
@@ -279,8 +315,10 @@ class OpenAIProvider(EmbeddingProvider):
         if chunk:
             yield chunk
 
-    def _call(self, inputs: list[str]) -> tuple[np.ndarray, int | None]:
-        """One request, retried until its response passes every check, or attempts run out."""
+    def _call(self, inputs: list[str], tokens: int) -> tuple[np.ndarray, int | None]:
+        """One request, retried until its response passes every check, or attempts run out.
+
+        `tokens`: what the request costs against the token budget."""
         kwargs: dict[str, Any] = {
             "model": self.config.name,
             "input": inputs,
@@ -289,6 +327,7 @@ class OpenAIProvider(EmbeddingProvider):
         if self.send_dimensions:
             kwargs["dimensions"] = self.config.dimensions
         budget = _AttemptBudget(self.config.max_retries)
+        state = _RequestState(tokens)
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             wait=_WaitForServer(wait_random_exponential(multiplier=0.5, max=30)),
@@ -298,7 +337,7 @@ class OpenAIProvider(EmbeddingProvider):
             reraise=True,
         )
         try:
-            return retrying(self._attempt, kwargs, len(inputs))
+            return retrying(self._attempt, kwargs, len(inputs), state)
         except _MalformedResponse as err:
             raise err.error from None
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
@@ -333,10 +372,34 @@ class OpenAIProvider(EmbeddingProvider):
                 "(send_dimensions) against what the server serves"
             ) from None
 
-    def _attempt(self, kwargs: dict[str, Any], n: int) -> tuple[np.ndarray, int | None]:
-        """Send and check: whatever is wrong with the response is a _MalformedResponse."""
-        # The raw body: the client's parsed objects are the slow part of a fast endpoint.
-        body = self.client.embeddings.with_raw_response.create(**kwargs).content
+    def _attempt(
+        self, kwargs: dict[str, Any], n: int, state: _RequestState
+    ) -> tuple[np.ndarray, int | None]:
+        """Wait for a slot and the budget, send and check: whatever is wrong with the
+        response is a _MalformedResponse."""
+        with self._in_flight:
+            reservation = self.limiter.reserve(state.tokens)
+            # After its own paced 429 this request has just waited out the pause it caused.
+            wait = reservation.budget_wait
+            if not state.paused:
+                wait = max(wait, reservation.pause_wait)
+            state.paused = False
+            if wait > 0:
+                self.sleep(wait)
+            try:
+                # The raw body: the client's parsed objects are the slow part of a fast
+                # endpoint.
+                raw = self.client.embeddings.with_raw_response.create(**kwargs)
+            except openai.RateLimitError as err:
+                asked = _server_wait(err)
+                if asked is not None and not _out_of_quota(err):
+                    self.limiter.pause(asked)  # every run sharing the endpoint slows down
+                    state.paused = True
+                raise
+        spent = spent_budget_wait(raw.headers, state.tokens)
+        if spent is not None:
+            self.limiter.pause(spent)
+        body = raw.content
         try:
             return self._parse(body, n)
         except ProviderError as err:
@@ -386,17 +449,53 @@ class OpenAIProvider(EmbeddingProvider):
     def _embed(self, texts: Sequence[str]) -> EmbeddingBatch:
         fitted = [self.token_rules.fit(t, self.max_tokens) for t in texts]
         truncated = sum(1 for f in fitted if f.truncated)
-        parts: list[np.ndarray] = []
+        requests = list(self._requests([f.text for f in fitted], [f.tokens for f in fitted]))
+        costs: list[int] = []
+        start = 0
+        for request in requests:
+            costs.append(sum(f.tokens for f in fitted[start : start + len(request)]))
+            start += len(request)
+        if len(requests) == 1 or self.concurrency == 1:
+            results = [self._call(r, c) for r, c in zip(requests, costs, strict=True)]
+        else:
+            # In input order; every response is checked in _call before it returns,
+            # and any failure raises here before a single vector of the call is returned.
+            futures = [
+                self._executor().submit(self._call, r, c)
+                for r, c in zip(requests, costs, strict=True)
+            ]
+            try:
+                results = [f.result() for f in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()  # nothing of this call is returned: send no more of it
+                raise
         tokens: int | None = 0
-        sent = [f.text for f in fitted]
-        for request in self._requests(sent, [f.tokens for f in fitted]):
-            vectors, used = self._call(request)
-            parts.append(vectors)
+        for _, used in results:
             tokens = None if tokens is None or used is None else tokens + used
-        vectors = np.vstack(parts)
+        vectors = np.vstack([v for v, _ in results])
         if self.config.normalize:
             vectors = l2_normalize(vectors)
         return EmbeddingBatch(vectors, truncated=truncated, tokens=tokens)
 
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="embed-http")
+            return self._pool
+
     def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         self.client.close()
+        self.limiter.close()
+
+
+class _RequestState:
+    """One request's pacing state across its attempts."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.paused = False  # the last attempt got a paced 429 and told the limiter

@@ -35,6 +35,8 @@ from .index_estimate import IndexEstimate, estimate_index
 from .storage import StorageEstimate, estimate_storage
 from .tokens import token_counter
 
+# The Batch API bills half the list price.
+BATCH_PRICE_FACTOR = 0.5
 # List prices in USD per 1M input tokens (OpenAI, 2025). Check the pricing page before
 # trusting a large estimate; an unlisted hosted model is reported as unknown, not free.
 PRICES_USD_PER_MILLION_TOKENS: dict[str, float] = {
@@ -364,8 +366,11 @@ def estimate_cost(model: ModelConfig, endpoint: Endpoint, tokens: int | None) ->
     price = PRICES_USD_PER_MILLION_TOKENS.get(model.name)
     if price is None:
         return CostEstimate(None, None, f"unknown: no list price for {model.name!r}")
+    basis = "list price"
+    if model.mode == "batch":
+        price, basis = price * BATCH_PRICE_FACTOR, "Batch API price"
     usd = None if tokens is None else tokens * price / 1_000_000
-    return CostEstimate(usd, price, f"list price {price} USD per 1M tokens")
+    return CostEstimate(usd, price, f"{basis} {price:g} USD per 1M tokens")
 
 
 def measure_throughput(
