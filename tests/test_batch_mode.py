@@ -260,3 +260,21 @@ def test_a_batch_created_but_not_recorded_is_found_by_its_input_file(
         _embeddings_run(space, dagster_instance)
         assert server.batches.created == [created.id]
         _check_stored(conn, server)
+
+
+def test_batch_mode_into_a_destination_table_deletes_vectors_of_deleted_rows(
+    conn: psycopg.Connection, dagster_instance: DagsterInstance
+) -> None:
+    create_docs(conn, 60)
+    with FakeEmbeddingsServer(dims=DIMS) as server:
+        space = make_space(
+            model=batch_model(server.base_url), partition_size=10_000, destination="table"
+        )
+        materialize_target(space, dagster_instance)
+        _embeddings_run(space, dagster_instance)
+        stored = "SELECT count(*) FROM embedding_backfills.docs_emb"
+        assert conn.execute(stored).fetchone() == (non_empty_count(conn),)
+        conn.execute("DELETE FROM docs WHERE id IN (1, 2)")
+        metadata = _embeddings_run(space, dagster_instance)
+        assert metadata["rows_cleared"] == 2 and len(server.batches.created) == 1
+        assert conn.execute(stored).fetchone() == (non_empty_count(conn),)

@@ -114,6 +114,15 @@ def lock_partitions(
     return partitions
 
 
+def clear_deleted_rows(
+    conn: psycopg.Connection, space: SpaceConfig, key: KeyType, key_range: KeyRange, model: int
+) -> int:
+    """Destination `table`: delete this model's vectors of rows deleted from the source,
+    within the range (a run's last step, online or batch); a column has none."""
+    in_range = range_filter(key.of_column(space.vector_key_column), key_range, "e")
+    return destination_of(space).delete_orphans(conn, in_range, model)
+
+
 @dataclass
 class _Batch:
     ids: list[object]
@@ -232,11 +241,6 @@ def embed_range(
             next_page.cancel()
             # On failure: pages not started are dropped, those in flight finish unwritten.
             embedder.shutdown(wait=True, cancel_futures=True)
-        # Destination `table`: vectors of rows deleted from the source, within this range.
-        stats.rows_cleared += destination_of(space).delete_orphans(
-            write_conn,
-            range_filter(key.of_column(space.vector_key_column), key_range, "e"),
-            model_key,
-        )
+        stats.rows_cleared += clear_deleted_rows(write_conn, space, key, key_range, model_key)
     stats.seconds = time.monotonic() - started
     return stats

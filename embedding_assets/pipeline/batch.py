@@ -42,7 +42,7 @@ from ..providers.openai_batch import (
     BatchStatus,
     OpenAIBatchClient,
 )
-from .backfill import RangeStats, lock_partitions, preflight
+from .backfill import RangeStats, clear_deleted_rows, lock_partitions, preflight
 from .partitions import ALL_KEYS, KeyRange
 from .reader import count_rows, iter_pages
 from .writer import VectorWriter
@@ -172,6 +172,7 @@ def embed_range_batch(
                     "missing. Check the batch error files in the OpenAI dashboard"
                 )
         stats.rows_skipped = stats.rows_scanned - stats.rows_embedded - stats.rows_empty
+        stats.rows_cleared += clear_deleted_rows(write_conn, space, key, key_range, model_key)
     stats.seconds = time.monotonic() - started
     return stats
 
