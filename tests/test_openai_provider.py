@@ -236,7 +236,10 @@ def test_byte_budget_for_a_model_without_a_known_tokenizer(
 ) -> None:
     # Budget: 10 tokens x 2 bytes = 20 bytes per request; each text is 8 bytes.
     texts = [f"text-{i:03d}" for i in range(5)]
-    provider = make_provider(server.base_url, name=OTHER_MODEL, max_tokens_per_request=10)
+    # One request in flight: with more, the server sees them in arrival order.
+    provider = make_provider(
+        server.base_url, name=OTHER_MODEL, max_tokens_per_request=10, max_concurrent_requests=1
+    )
 
     batch = provider.embed(texts)
 
