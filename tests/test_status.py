@@ -65,6 +65,8 @@ def test_status_after_embedding_part_of_a_table(
         "embedded": embedded,
         "missing": with_text - embedded,
         "stale": 1,
+        "counted": "exact",
+        "sample_percent": None,
     }
     # the run left two partitions to go: its checks deferred the scan
     assert {c["name"]: c["state"] for c in status["checks"]} == {
@@ -147,6 +149,50 @@ def test_status_of_a_finished_space_shows_passed_checks_and_the_index(
     assert status["rows"]["embedded"] == non_empty_count(conn)
     assert {c["state"] for c in status["checks"]} == {"passed"}
     assert status["indexes"] == [{"name": "docs_emb_hnsw", "valid": True, "method": "hnsw"}]
+
+
+@pytest.mark.parametrize("destination", ["column", "table"])
+def test_status_of_a_large_table_counts_a_sample_and_says_so(
+    destination: str,
+    conn: psycopg.Connection,
+    cli_instance: DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above EXACT_MAX_ROWS status must not scan the whole table (minutes at 10M rows): it
+    counts a page sample, scales it, and labels the figures as estimates; --exact scans."""
+    import embedding_assets.reports.status as status_module
+
+    create_docs(conn, 30_000)
+    space = make_space(partition_size=15_000, destination=destination)
+    materialize_target(space, cli_instance)
+    first = sorted(cli_instance.get_dynamic_partitions(id_range_partitions_name(space)))[0]
+    run_asset(space, cli_instance, "embeddings", partition_key=first)
+    # 280 embedded rows edited since, spread over the embedded half: stale
+    conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE id % 50 = 1 AND id < 14000")
+    conn.execute("ANALYZE docs")
+    monkeypatch.setattr(status_module, "EXACT_MAX_ROWS", 10_000)
+    monkeypatch.setattr(status_module, "SAMPLE_ROWS", 10_000)
+    monkeypatch.setenv(
+        "EMBEDDING_BACKFILLS_CONFIG", str(write_spaces_config(tmp_path / "s.yaml", space))
+    )
+    runner = CliRunner()
+
+    exact = json.loads(runner.invoke(app, ["status", "--json", "--exact"]).stdout)
+    sampled = runner.invoke(app, ["status", "--json"])
+
+    assert sampled.exit_code == 0, sampled.output
+    (rows,) = (s["rows"] for s in json.loads(sampled.stdout)["spaces"])
+    (truth,) = (s["rows"] for s in exact["spaces"])
+    assert truth["counted"] == "exact" and truth["stale"] == 280 and truth["total"] == 30_000
+    assert rows["counted"] == "sample" and 20 < rows["sample_percent"] < 50
+    for name in ("total", "with_text", "embedded", "missing"):
+        assert rows[name] == pytest.approx(truth[name], rel=0.25), name
+    # Edited rows' new versions cluster in a few pages: a page sample sees them, roughly.
+    assert truth["stale"] / 3 < rows["stale"] < truth["stale"] * 3
+    assert rows["total"] != truth["total"]  # an estimate, not a disguised full count
+    human = runner.invoke(app, ["status", space.name])
+    assert human.exit_code == 0 and "estimate" in human.output
 
 
 def test_status_of_an_unknown_space_is_an_error(

@@ -263,6 +263,11 @@ def render_status(report: StatusReport) -> RenderableType:
         .then(pl.lit("n/a"))
         .otherwise(_thousands("stale"))
         .alias("stale"),
+        # Sampled counts are estimates: say so next to them (status --exact scans).
+        pl.when(pl.col("counted") == "sample")
+        .then(pl.format("estimate: {}% sample", pl.col("sample_percent")))
+        .otherwise(pl.col("counted").fill_null("-"))
+        .alias("counted"),
     )
     # One line per index, the space's column named once; "none" when it has no index.
     where = frames["spaces"].select(
