@@ -358,3 +358,53 @@ def test_status_reads_the_destination_table(
     assert status["rows"]["embedded"] == non_empty_count(conn)
     assert status["rows"]["missing"] == status["rows"]["stale"] == 0
     assert status["indexes"] == [{"name": "docs_emb_hnsw", "valid": True, "method": "hnsw"}]
+
+
+def test_a_batch_holding_rows_is_written_whole_after_the_fast_copy_is_refused(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    """The writer COPYs a batch without probing while batches hold nothing: a held row makes
+    the primary key refuse it, and the batch must then be written whole, the careful way,
+    in one transaction, never over another model's row; and the next new batch is fast again."""
+    import numpy as np
+
+    from embedding_assets.db.introspect import relation
+    from embedding_assets.db.keys import inspect_key
+    from embedding_assets.pipeline.target import prepare_target_column
+    from embedding_assets.pipeline.writer import VectorWriter
+
+    create_docs(conn, 50)
+    space = table_space()
+    provider = build_provider(space.model)
+    prepare_target_column(conn, space, provider)
+    key = inspect_key(conn, space, relation(conn, "public", "docs")[0])  # type: ignore[index]
+    dims = space.model.dimensions
+
+    def batch(ids: list[int], value: float) -> tuple[list[object], np.ndarray, list[bytes]]:
+        vectors = np.zeros((len(ids), dims), np.float32)
+        vectors[:, 0] = value
+        return list(ids), vectors, [bytes([i]) * 32 for i in ids]
+
+    mine = provider.identity.key
+    with psycopg.connect(db_url, autocommit=True) as write_conn:
+        writer = VectorWriter(write_conn, space, mine, key)
+        assert writer.write(*batch([1, 2, 3, 4, 5], 1.0), []) == 5
+        conn.execute(f"UPDATE {DEST} SET emb_model_key = 42 WHERE id = 4")  # another model's
+        # 3 and 5 are held (re-embedded), 4 is another model's, 6-8 are new; 2 is cleared
+        assert writer.write(*batch([3, 4, 5, 6, 7, 8], 2.0), [2]) == 5
+        assert writer.write(*batch([9, 10], 3.0), []) == 2
+
+    stored = dict(conn.execute(f"SELECT id, emb_model_key FROM {DEST} ORDER BY id").fetchall())
+    assert stored == {
+        1: mine,
+        3: mine,
+        4: 42,
+        5: mine,
+        6: mine,
+        7: mine,
+        8: mine,
+        9: mine,
+        10: mine,
+    }
+    first = dict(conn.execute(f"SELECT id, (emb::real[])[1] FROM {DEST}").fetchall())
+    assert first == {1: 1.0, 3: 2.0, 4: 1.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0, 9: 3.0, 10: 3.0}

@@ -158,6 +158,9 @@ def test_a_graph_outgrowing_maintenance_work_mem_is_reported(
 
     assert figures.maintenance_work_mem == "1MB"
     assert figures.graph_spilled_after is not None and 0 < figures.graph_spilled_after < 20_000
+    metadata = figures.as_metadata()
+    assert metadata["graph_spilled"] is True
+    assert metadata["graph_spilled_after_tuples"] == figures.graph_spilled_after
     assert any("outgrew maintenance_work_mem" in line for line in logger.lines)
 
 
@@ -211,7 +214,7 @@ def test_the_index_asset_logs_progress_and_records_the_figures(
     assert metadata["progress_samples"] >= 1
     phases = metadata["phase_seconds"]
     assert WAITING in phases and phases[WAITING] > 0
-    assert metadata["graph_spilled_after_tuples"] == 0
+    assert metadata["graph_spilled"] is False and "graph_spilled_after_tuples" not in metadata
     messages = [
         e.message
         for e in dagster_instance.all_logs(result.run_id)  # type: ignore[attr-defined]

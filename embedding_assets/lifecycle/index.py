@@ -178,7 +178,14 @@ class BuildFigures:
             "progress_samples": self.progress_samples,
             "maintenance_work_mem_used": self.maintenance_work_mem,
             "index_tuples": self.index_tuples,
-            "graph_spilled_after_tuples": self.graph_spilled_after or 0,
+            # pgvector's notice: the graph outgrew maintenance_work_mem and the rest of the
+            # build went slower, on disk. The tuple count only when that happened.
+            "graph_spilled": self.graph_spilled_after is not None,
+            **(
+                {"graph_spilled_after_tuples": self.graph_spilled_after}
+                if self.graph_spilled_after is not None
+                else {}
+            ),
         }
 
 

@@ -3,6 +3,9 @@
 Destination `table` (see `db.destination`): rows the destination table does not hold yet
 (the whole first backfill) go COPY BINARY straight into it, the fastest way PostgreSQL takes
 rows; rows it holds (re-embedded after an edit) are upserted, never over another model's.
+While batches keep finding nothing held, the next one is COPYed without asking first: a
+held row then fails the COPY on the primary key, the batch's transaction rolls back whole,
+and it is written again the careful way (probe, COPY the new rows, upsert the others).
 Destination `column`:
 
 Vectors that fit in the row (<= 495 dims) go COPY BINARY into a temp table, then one
@@ -141,6 +144,8 @@ class VectorWriter:
         self.key = key
         dims = space.model.dimensions
         self.to_table = destination_of(space).kind == "table"
+        # Table mode: the last batch held no rows, so the next one most likely holds none.
+        self._all_new = True
         self.halfvec = space.storage == "halfvec"
         inline_max = INLINE_MAX_DIMS * 2 if self.halfvec else INLINE_MAX_DIMS  # 2 bytes/dim
         self.staged = dims <= inline_max and not self.to_table
@@ -235,6 +240,12 @@ class VectorWriter:
             key_bytes(self.key, ids), vectors, hashes, model_key, self.halfvec
         )
 
+    def _copy_all(self, ids: list[object], vectors: np.ndarray, hashes: list[bytes]) -> int:
+        """COPY the whole batch, asking nothing: the primary key refuses a held row."""
+        with self.conn.cursor() as cur, cur.copy(self._copy) as copy:
+            copy.write(self._payload(ids, vectors, hashes, self.model_key))
+        return len(ids)
+
     def _write_table(self, ids: list[object], vectors: np.ndarray, hashes: list[bytes]) -> int:
         """COPY the rows the table does not hold; upsert the others (one probe of the key)."""
         text = self.key.to_text
@@ -244,9 +255,12 @@ class VectorWriter:
             if cur.execute(self._any_held, span).fetchone() != (False,):
                 found = cur.execute(self._held, {"ids": [text(i) for i in ids]})
                 held = {text(r[0]) for r in found}
+            self._all_new = not held
             new = [i for i, row_id in enumerate(ids) if text(row_id) not in held]
             written = 0
-            if new:
+            if len(new) == len(ids):
+                written = self._copy_all(ids, vectors, hashes)
+            elif new:
                 with cur.copy(self._copy) as copy:
                     copy.write(
                         self._payload(
@@ -279,8 +293,16 @@ class VectorWriter:
 
         `ids` are in key order (as read), so the first and last bound the batch.
         """
-        written = 0
         text = self.key.to_text
+        if ids and self.to_table and self._all_new:
+            try:
+                with self.conn.transaction():
+                    written = self._copy_all(ids, vectors, hashes)
+                    self._clear_rows(clear_ids)
+                return written
+            except psycopg.errors.UniqueViolation:
+                self._all_new = False  # rolled back whole: nothing of the batch was written
+        written = 0
         with self.conn.transaction():
             if ids and self.to_table:
                 written = self._write_table(ids, vectors, hashes)
@@ -299,8 +321,12 @@ class VectorWriter:
                     bounds = {"key": self.model_key, "lo": text(ids[0]), "hi": text(ids[-1])}
                     cur.execute(self._update, bounds)
                     written = cur.rowcount
-            if clear_ids:
-                self.conn.execute(
-                    self._clear, {"ids": [text(i) for i in clear_ids], "key": self.model_key}
-                )
+            self._clear_rows(clear_ids)
         return written
+
+    def _clear_rows(self, clear_ids: list[object]) -> None:
+        if clear_ids:
+            text = self.key.to_text
+            self.conn.execute(
+                self._clear, {"ids": [text(i) for i in clear_ids], "key": self.model_key}
+            )
