@@ -423,7 +423,8 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
         out.put(
             "HNSW build",
             f"{float(meta['build_seconds']):,.1f} s, {mb(int(meta['index_size_bytes']))}, "
-            f"maintenance_work_mem {meta.get('maintenance_work_mem_used', '?')}, "(
+            f"maintenance_work_mem {meta.get('maintenance_work_mem_used', '?')}, "
+            + (
                 f"spilled after {meta['graph_spilled_after_tuples']:,} tuples"
                 if meta.get("graph_spilled")
                 else "no spill"
