@@ -139,7 +139,7 @@ class VectorWriter:
         self.space = space
         self.model_key = model_key
         self.key = key
-        dims = space.model.dimensions
+        dims = space.model.stored_dimensions
         self.to_table = destination_of(space).kind == "table"
         self.halfvec = space.storage == "halfvec"
         inline_max = INLINE_MAX_DIMS * 2 if self.halfvec else INLINE_MAX_DIMS  # 2 bytes/dim
