@@ -44,7 +44,26 @@ class ModelConfig(_Strict):
     name: str = Field(
         min_length=1, description="Model id, or a local path for sentence-transformers"
     )
-    dimensions: int = Field(gt=0, le=16000, description="Dimension of the stored vectors")
+    dimensions: int = Field(
+        gt=0,
+        le=16000,
+        description="The model's output dimension (openai: what `dimensions=` asks for, if sent)",
+    )
+    truncate_dimensions: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Store only the first k dimensions (Matryoshka truncation), re-normalised when "
+            "`normalize`; must be below `dimensions`. Part of the space's identity"
+        ),
+    )
+    truncation: Literal["matryoshka", "allow"] = Field(
+        default="matryoshka",
+        description=(
+            "`matryoshka`: truncate_dimensions only on a model known to be Matryoshka-trained; "
+            "`allow`: on any model (shadow validation shows what it costs)"
+        ),
+    )
     normalize: bool = True
     revision: str | None = Field(default=None, description="Model revision, when known")
     device: str = Field(default="cpu", description="sentence-transformers device: cpu, cuda, ...")
@@ -95,6 +114,28 @@ class ModelConfig(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _truncation(self) -> ModelConfig:
+        if self.truncate_dimensions is None:
+            return self
+        if self.truncate_dimensions >= self.dimensions:
+            raise ValueError(
+                f"truncate_dimensions ({self.truncate_dimensions}) must be below dimensions "
+                f"({self.dimensions}, what the model returns); lower it, or remove it to store "
+                "the full vectors"
+            )
+        # Imported here: the providers package imports this module.
+        from .providers.matryoshka import is_matryoshka
+
+        if self.truncation == "matryoshka" and not is_matryoshka(self.name):
+            raise ValueError(
+                f"model {self.name!r} is not known to be Matryoshka-trained, so its first "
+                f"{self.truncate_dimensions} dimensions may not be a usable embedding; set "
+                "`truncation: allow` to truncate it anyway, and use shadow validation "
+                "(`shadow.compare_to` the full space) to see the recall lost"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _batch_needs_openai(self) -> ModelConfig:
         if self.mode == "batch" and self.provider != "openai":
             raise ValueError(
@@ -102,6 +143,17 @@ class ModelConfig(_Strict):
                 "remove mode or set it to online"
             )
         return self
+
+    @property
+    def stored_dimensions(self) -> int:
+        """The dimension of the stored vectors: what the column, checks and index use."""
+        return self.truncate_dimensions or self.dimensions
+
+    @property
+    def dimensions_label(self) -> str:
+        """`384d`, or `192d of 384d` for a truncated space (as ModelIdentity.label says)."""
+        of = f" of {self.dimensions}d" if self.truncate_dimensions else ""
+        return f"{self.stored_dimensions}d{of}"
 
     @property
     def endpoint(self) -> str:

@@ -222,6 +222,7 @@ def test_a_registry_from_before_the_verdict_is_migrated_keeping_its_grants(
         "vector_schema",
         "vector_table",
         "storage",
+        "truncated_from",
     ]
     # the grants survive the function being dropped and created again
     allowed = [

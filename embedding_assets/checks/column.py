@@ -73,7 +73,7 @@ def evaluate_column(
             f"{space.name}/target_column"
         )
     key = inspect_key(conn, space, table_oid[0])
-    dims = space.model.dimensions
+    dims = space.model.stored_dimensions
     partition = (
         partition_of(key, space, sql.SQL("id")) if layout_exists(conn) else sql.SQL("NULL::text")
     )

@@ -171,7 +171,7 @@ class TableDestination(Destination):
                 kx=key.expr("t"),
                 id=sql.Identifier(space.vector_key_column),
                 storage=sql.SQL(space.storage),
-                d=sql.Literal(space.model.dimensions),
+                d=sql.Literal(space.model.stored_dimensions),
                 v=sql.Identifier(space.target_column),
                 h=sql.Identifier(space.text_hash_column),
                 k=sql.Identifier(space.model_key_column),
@@ -261,7 +261,7 @@ def _add_vector_columns(conn: psycopg.Connection, space: SpaceConfig, table: sql
             t=table,
             v=sql.Identifier(space.target_column),
             storage=sql.SQL(space.storage),
-            d=sql.Literal(space.model.dimensions),
+            d=sql.Literal(space.model.stored_dimensions),
             h=sql.Identifier(space.text_hash_column),
             k=sql.Identifier(space.model_key_column),
         )

@@ -256,7 +256,7 @@ def check_target_column(space: SpaceConfig, target: ColumnInfo) -> None:
     A plain `vector` column (no declared dimension) is accepted: the database will not stop a
     vector of another dimension there, so the uniform-dimension check scans every value.
     """
-    dims = space.model.dimensions
+    dims = space.model.stored_dimensions
     storage = space.storage
     where = f"{space.vector_schema}.{space.vector_table_name}.{space.target_column}"
     if target.type_name != storage:

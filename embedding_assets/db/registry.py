@@ -61,11 +61,18 @@ class SpaceRecord:
     vector_table: str | None = None
     # added by sql/011
     storage: str = "vector"
+    # added by sql/012: the model's own dimension when `dimensions` is a prefix of it
+    truncated_from: int | None = None
 
     @property
     def identity(self) -> ModelIdentity:
         return ModelIdentity(
-            self.provider, self.model, self.revision, self.dimensions, self.normalize
+            self.provider,
+            self.model,
+            self.revision,
+            self.dimensions,
+            self.normalize,
+            self.truncated_from,
         )
 
     @property
@@ -166,6 +173,15 @@ def check_registration(
                 f"now says `storage: {space.storage}`; a space's storage is part of its "
                 "identity: restore it, or build a new space (new name, new target_column)"
             )
+        if record.truncated_from != identity.truncated_from:
+            stored = _truncation(record.dimensions, record.truncated_from)
+            now = _truncation(identity.dimensions, identity.truncated_from)
+            raise SpaceConflictError(
+                f"space {space.name!r} ({where}) stores {stored}, but the configuration now "
+                f"gives {now}; a space's truncation is part of its identity: restore "
+                "model.dimensions / truncate_dimensions, or build a new space (new name, new "
+                "target_column)"
+            )
         if record.model_key != identity.key:
             raise SpaceConflictError(
                 f"space {space.name!r} ({where}) was registered for {record.identity.label()}, "
@@ -173,6 +189,12 @@ def check_registration(
                 "vector space: declare a new space with a new target_column for the new model"
             )
     return get_space(conn, space.name)
+
+
+def _truncation(dimensions: int, truncated_from: int | None) -> str:
+    if truncated_from is None:
+        return f"the full {dimensions}-dimensional vectors"
+    return f"the first {dimensions} of {truncated_from} dimensions"
 
 
 def register_space(
@@ -189,8 +211,8 @@ def register_space(
         "INSERT INTO embedding_backfills.vector_spaces"
         " (name, table_schema, table_name, column_name, provider, model, revision, dimensions,"
         "  normalize, model_key, fingerprint, status, destination, vector_schema, vector_table,"
-        "  storage)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'building', %s, %s, %s, %s)"
+        "  storage, truncated_from)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'building', %s, %s, %s, %s, %s)"
         " ON CONFLICT DO NOTHING",
         (
             space.name,
@@ -208,6 +230,7 @@ def register_space(
             space.vector_schema,
             space.vector_table_name,
             space.storage,
+            identity.truncated_from,
         ),
     )
     # A concurrent registration of the same space is fine; of another one, it is caught here.

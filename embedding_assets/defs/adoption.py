@@ -20,7 +20,7 @@ def build_adoption_assets(space: SpaceConfig) -> list[AssetsDefinition]:
         description=(
             f"Adopts the existing column {space.table}.{space.target_column} as space "
             f"{space.name!r} ({space.model.provider}:{space.model.name}, "
-            f"{space.model.dimensions}d) after re-embedding a sample of "
+            f"{space.model.dimensions_label}) after re-embedding a sample of "
             f"{space.adoption.sample_size} rows to verify the model. Writes no vectors."
         ),
     )
@@ -41,7 +41,7 @@ def build_adoption_assets(space: SpaceConfig) -> list[AssetsDefinition]:
             metadata={
                 "status": result.record.status,
                 "model": result.record.identity.label(),
-                "dimensions": space.model.dimensions,
+                "dimensions": space.model.stored_dimensions,
                 "sample_size": result.sample.sample_size,
                 "min_cosine": result.sample.min_cosine,
                 "p05_cosine": result.sample.p05_cosine,

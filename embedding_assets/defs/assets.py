@@ -85,7 +85,7 @@ def _model_metadata(space: SpaceConfig, identity_label: str, model_key: int) -> 
         "column": space.target_column,
         "model": identity_label,
         "provider": space.model.provider,
-        "dimensions": space.model.dimensions,
+        "dimensions": space.model.stored_dimensions,
         "model_key": str(model_key),
     }
 
@@ -122,14 +122,17 @@ def build_space_assets(
     space: SpaceConfig, retry_policy: RetryPolicy = EMBEDDING_RETRY_POLICY
 ) -> list[AssetsDefinition]:
     partitions = id_range_partitions(space)
-    description_suffix = f" ({space.model.provider}:{space.model.name}, {space.model.dimensions}d)"
+    description_suffix = (
+        f" ({space.model.provider}:{space.model.name}, {space.model.dimensions_label})"
+    )
 
     @asset(
         key=target_column_key(space),
         group_name=space.name,
         kinds={"postgres", "pgvector"},
         description=(
-            f"Column {destination_of(space).label} as vector({space.model.dimensions}), "
+            f"Column {destination_of(space).label} as "
+            f"{space.storage}({space.model.stored_dimensions}), "
             f"registered as space {space.name!r}{description_suffix}; lays out the key-range "
             "partitions (every current and future key in exactly one)."
         ),

@@ -65,7 +65,7 @@ def seed_demo_table(
             ).format(
                 t=table,
                 legacy=sql.Identifier(legacy_column),
-                dims=sql.Literal(legacy_model.dimensions),
+                dims=sql.Literal(legacy_model.stored_dimensions),
             )
         )
         with (

@@ -29,7 +29,7 @@ def config_verdict(
 ) -> CheckVerdict:
     """The configured model, the registry and the column's declared dimension agree."""
     identity = provider.identity
-    dims = space.model.dimensions
+    dims = space.model.stored_dimensions
     where = destination_of(space).label
     problems: list[str] = []
     declared: int | str = "missing"

@@ -158,9 +158,9 @@ def adopt_column(
             " (name, table_schema, table_name, column_name, provider, model, revision,"
             "  dimensions, normalize, model_key, fingerprint, status, adopted, adoption_report,"
             "  index_name, index_expression, row_count, destination, vector_schema, vector_table,"
-            "  storage, validated_at, activated_at, retired_at)"
+            "  storage, truncated_from, validated_at, activated_at, retired_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true, %s, %s, %s, %s,"
-            "  %s, %s, %s, %s,"
+            "  %s, %s, %s, %s, %s,"
             "  now(), CASE WHEN %s::text = 'active' THEN now() END,"
             "  CASE WHEN %s::text = 'retired' THEN now() END)"
             " ON CONFLICT (name) DO UPDATE SET adoption_report = EXCLUDED.adoption_report,"
@@ -171,7 +171,8 @@ def adopt_column(
                 identity.provider, identity.model, identity.revision, identity.dimensions,
                 identity.normalize, identity.key, Jsonb(fingerprint.to_json()), status,
                 Jsonb(report), index_name, index_def, column.vectors, space.destination,
-                space.vector_schema, space.vector_table_name, space.storage, status, status,
+                space.vector_schema, space.vector_table_name, space.storage,
+                identity.truncated_from, status, status,
             ),
         )  # fmt: skip
         if status == "active":  # what applications query today: the read view shows it too

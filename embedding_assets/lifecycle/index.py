@@ -57,7 +57,7 @@ def index_name(space: SpaceConfig) -> str:
 
 def index_expression(space: SpaceConfig, declared_dims: int) -> tuple[sql.Composable, str]:
     """The indexed expression and its opclass, and the text form for documentation."""
-    dims = space.model.dimensions
+    dims = space.model.stored_dimensions
     opclass = space.index.opclass
     column = sql.Identifier(space.target_column)
     if dims > HNSW_MAX_HALFVEC_DIMS:

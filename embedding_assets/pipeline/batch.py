@@ -35,7 +35,6 @@ from ..db.connection import connection
 from ..db.keys import KeyType
 from ..errors import ProviderError
 from ..providers import EmbeddingProvider
-from ..providers.openai import OpenAIProvider
 from ..providers.openai_batch import (
     MAX_INPUTS_PER_BATCH,
     BatchFile,
@@ -133,12 +132,10 @@ def embed_range_batch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> RangeStats:
     """Embed every row of the range that lacks a current vector, through the Batch API."""
-    if not isinstance(provider, OpenAIProvider):
-        raise ProviderError("mode: batch needs provider: openai (the OpenAI Batch API)")
+    client = OpenAIBatchClient(provider)  # refuses anything but openai
     stats = RangeStats()
     started = time.monotonic()
     model_key = provider.identity.key
-    client = OpenAIBatchClient(provider)
     info_log = logger.info  # type: ignore[attr-defined]
     with (
         connection(database_url, autocommit=True) as conn,
@@ -207,7 +204,7 @@ def _missing_rows(
                 missing += 1
                 pending.append((key.to_text(row_id), digest, text))
         if clear:
-            writer.write([], np.zeros((0, space.model.dimensions), np.float32), [], clear)
+            writer.write([], np.zeros((0, space.model.stored_dimensions), np.float32), [], clear)
             stats.rows_cleared += len(clear)
         if len(pending) >= MAX_INPUTS_PER_BATCH:
             if submit is not None:

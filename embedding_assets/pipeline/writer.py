@@ -142,7 +142,7 @@ class VectorWriter:
         self.space = space
         self.model_key = model_key
         self.key = key
-        dims = space.model.dimensions
+        dims = space.model.stored_dimensions
         self.to_table = destination_of(space).kind == "table"
         # Table mode: the last batch held no rows, so the next one most likely holds none.
         self._all_new = True

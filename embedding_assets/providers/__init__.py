@@ -17,7 +17,18 @@ def build_provider(config: ModelConfig, limiter: RateLimiter | None = None) -> E
     """Instantiate the configured provider; heavy imports happen only for the one in use.
 
     `limiter` paces a hosted endpoint (default: in this process only); local models ignore
-    it."""
+    it. With `truncate_dimensions`, the model is wrapped to cut its vectors, unless it
+    already returns that many (openai shortening on the server)."""
+    provider = _model(config, limiter)
+    k = config.truncate_dimensions
+    if k is not None and provider.identity.dimensions != k:
+        from .truncate import TruncatedProvider
+
+        provider = TruncatedProvider(provider, k, config.normalize)
+    return provider
+
+
+def _model(config: ModelConfig, limiter: RateLimiter | None) -> EmbeddingProvider:
     if config.provider == "hash":
         from .hash import HashProvider
 

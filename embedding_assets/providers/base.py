@@ -1,7 +1,8 @@
 """The provider interface: texts in, checked float32 vectors out, plus who made them.
 
 A provider's `identity` is the contract a vector space is built on: provider, model,
-revision, dimension and normalisation. Its 64-bit `key` is stored next to every vector.
+revision, dimension, normalisation and, for a truncated space, the dimension it was cut
+from. Its 64-bit `key` is stored next to every vector.
 The `fingerprint` (vectors for fixed sentinel texts) catches what the identity cannot:
 an endpoint that silently serves another model under the same name and dimension.
 """
@@ -38,11 +39,17 @@ class ModelIdentity:
     provider: str
     model: str
     revision: str | None
-    dimensions: int
+    dimensions: int  # of the vectors the provider hands out (stored)
     normalize: bool
+    # The model's own dimension when `dimensions` is a prefix of it (Matryoshka truncation,
+    # by the client or the server): a truncated space is not the full one.
+    truncated_from: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        data = asdict(self)
+        if self.truncated_from is None:
+            del data["truncated_from"]  # keeps every key recorded before truncation existed
+        return data
 
     @property
     def key(self) -> int:
@@ -53,7 +60,8 @@ class ModelIdentity:
 
     def label(self) -> str:
         rev = f"@{self.revision}" if self.revision else ""
-        return f"{self.provider}:{self.model}{rev} ({self.dimensions}d)"
+        of = f" of {self.truncated_from}d" if self.truncated_from else ""
+        return f"{self.provider}:{self.model}{rev} ({self.dimensions}d{of})"
 
 
 @dataclass(frozen=True)

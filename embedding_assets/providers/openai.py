@@ -290,14 +290,18 @@ class OpenAIProvider(EmbeddingProvider):
         self.send_dimensions = config.send_dimensions == "always" or (
             config.send_dimensions == "auto" and supports_dimensions_parameter(config.name)
         )
+        # With `dimensions=` sent, a truncated space is shortened by the server (returned
+        # normalised); otherwise the native vectors come back and build_provider cuts them.
+        self.dimensions = config.stored_dimensions if self.send_dimensions else config.dimensions
         self.max_tokens = config.max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
         self.token_rules = rules_for(config.name)
         self.identity = ModelIdentity(
             provider="openai",
             model=config.name,
             revision=config.revision,
-            dimensions=config.dimensions,
+            dimensions=self.dimensions,
             normalize=config.normalize,
+            truncated_from=config.dimensions if self.dimensions != config.dimensions else None,
         )
         self._endpoint = config.base_url or "https://api.openai.com/v1"
 
@@ -325,7 +329,7 @@ class OpenAIProvider(EmbeddingProvider):
             "encoding_format": "base64",
         }
         if self.send_dimensions:
-            kwargs["dimensions"] = self.config.dimensions
+            kwargs["dimensions"] = self.dimensions
         budget = _AttemptBudget(self.config.max_retries)
         state = _RequestState(tokens)
         retrying = Retrying(

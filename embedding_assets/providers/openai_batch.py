@@ -22,8 +22,9 @@ import numpy as np
 import openai
 
 from ..errors import EndpointUnavailableError, ProviderError
-from .base import l2_normalize
+from .base import EmbeddingProvider, l2_normalize
 from .openai import OpenAIProvider
+from .truncate import TruncatedProvider, innermost
 
 MAX_REQUESTS_PER_BATCH = 50_000
 MAX_INPUTS_PER_BATCH = 50_000
@@ -78,10 +79,15 @@ class BatchStatus:
 class OpenAIBatchClient:
     """Builds batch files and speaks the Files and Batches endpoints for one provider."""
 
-    def __init__(self, provider: OpenAIProvider) -> None:
-        self.provider = provider
-        self.client = provider.client
-        self._endpoint = provider._endpoint
+    def __init__(self, provider: EmbeddingProvider) -> None:
+        """`provider`: the space's provider; a client-side truncation is applied to results."""
+        inner = innermost(provider)
+        if not isinstance(inner, OpenAIProvider):
+            raise ProviderError("mode: batch needs provider: openai (the OpenAI Batch API)")
+        self.provider = inner
+        self.cut = provider.cut if isinstance(provider, TruncatedProvider) else None
+        self.client = inner.client
+        self._endpoint = inner._endpoint
 
     # -- building files -------------------------------------------------------------------
 
@@ -92,7 +98,7 @@ class OpenAIBatchClient:
             "encoding_format": "base64",
         }
         if self.provider.send_dimensions:
-            body["dimensions"] = self.provider.config.dimensions
+            body["dimensions"] = self.provider.dimensions  # a truncation, shortened there
         return body
 
     def build_files(
@@ -229,6 +235,8 @@ class OpenAIBatchClient:
                 ) from None
             if self.provider.config.normalize:
                 vectors = l2_normalize(vectors)
+            if self.cut is not None:
+                vectors = self.cut(vectors)
             yield custom_id, vectors, tokens
 
 

@@ -219,7 +219,7 @@ def _table_findings(space: SpaceConfig, info: TableInfo) -> list[Finding]:
         if space.text_column
         else "text_sql is a valid expression"
     )
-    dims = space.model.dimensions
+    dims = space.model.stored_dimensions
     if info.target is None and space.destination == "table":
         target = (
             f"{space.vector_schema}.{space.vector_table_name} absent: target_column creates it "
@@ -406,7 +406,7 @@ def plan_space(
         space=space.name,
         table=space.table,
         target_column=space.target_column,
-        model=f"{space.model.provider}:{space.model.name} ({space.model.dimensions}d)",
+        model=f"{space.model.provider}:{space.model.name} ({space.model.dimensions_label})",
         endpoint=endpoint_of(space.model),
         batch_size=space.batch_size,
     )
@@ -495,10 +495,12 @@ def _validate_and_count(
             return []
         # The index holds every row with text, embedded now or before.
         indexed = report.counts.rows - report.counts.empty
-        report.index = estimate_index(indexed, space.model.dimensions, space.index)
+        report.index = estimate_index(
+            indexed, space.model.stored_dimensions, space.index, space.storage
+        )
         report.storage = estimate_storage(
             report.counts.to_embed,
-            space.model.dimensions,
+            space.model.stored_dimensions,
             heap_bytes_per_row(conn, info.oid, report.counts.rows),
             table_bytes(conn, info.oid),
             destination=space.destination,

@@ -264,7 +264,7 @@ def smoke_space(
             space=space.name,
             model=provider.identity.label(),
             endpoint=endpoint_of(space.model),
-            configured_dimension=space.model.dimensions,
+            configured_dimension=space.model.stored_dimensions,
             returned_dimension=returned_dimension(provider),
         )
         if not report.verdicts["dimension"]:

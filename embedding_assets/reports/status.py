@@ -216,7 +216,7 @@ def space_status(
         space=space.name,
         table=space.table,
         target_column=space.target_column,
-        model=f"{space.model.provider}:{space.model.name} ({space.model.dimensions}d)",
+        model=f"{space.model.provider}:{space.model.name} ({space.model.dimensions_label})",
         adopted=space.adopt,
         registry=record.status if record else "unregistered",
     )
