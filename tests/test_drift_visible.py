@@ -161,7 +161,7 @@ def test_the_on_demand_drift_checks_record_their_verdict_too(
     assert record is not None and record.drift_status == "failed" and not record.trusted
     assert record.drift_failures == ["config_matches"]
     assert record.drift_detail == (
-        "config_matches: the target column is vector(32), the space has 16 dimensions"
+        "config_matches: the target column has 32 dimensions, the space has 16"
     )
 
 

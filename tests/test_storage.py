@@ -22,6 +22,8 @@ from conftest import (
 from dagster import DagsterInstance
 
 from embedding_assets.config import ProjectConfig, SpaceConfig
+from embedding_assets.db.registry import get_space
+from embedding_assets.drift.identity import config_verdict
 from embedding_assets.lifecycle.activation import rollback
 from embedding_assets.lifecycle.read_path import search
 from embedding_assets.pipeline.target import prepare_target_column
@@ -83,6 +85,9 @@ def test_a_halfvec_space_through_its_life(
     project = ProjectConfig.model_construct(spaces=[old, space])
     found = search(conn, "docs", "document number 17 about topic 3", k=3, config=project)
     assert found.space == space.name and found.hits[0].id == 17
+    # the drift sensor's identity check agrees that a halfvec column is what was built
+    verdict = config_verdict(conn, space, build_provider(space.model), get_space(conn, space.name))
+    assert verdict.passed, verdict.description
     assert rollback(conn, project, "public.docs").activated == old.name
 
 

@@ -43,14 +43,14 @@ def config_verdict(
     column = column_info(conn, table[0], space.target_column) if table else None
     if column is None:
         problems.append(f"column {where} no longer exists; rebuild the space or roll back")
-    elif column.type_name != "vector":
+    elif column.type_name != space.storage:  # vector or halfvec, as the space was built
         declared = column.formatted
-        problems.append(f"column {where} is now {column.formatted}, not vector({dims})")
+        problems.append(f"column {where} is now {column.formatted}, not {space.storage}({dims})")
     else:
         declared = column.typmod if column.typmod > 0 else "none"
         if column.typmod not in (dims, -1):
             problems.append(
-                f"column {where} is declared vector({column.typmod}) but the space is "
+                f"column {where} is declared {column.formatted} but the space is "
                 f"configured for {dims} dimensions: the column was altered. Restore it (retention "
                 "backup) or roll back to the previous space"
             )
@@ -129,7 +129,7 @@ def short_reason(verdict: CheckVerdict) -> str:
     elif isinstance(declared, str) and declared != "none":
         reasons.append(f"the target column is now {declared}")
     elif isinstance(declared, int) and declared != dims:
-        reasons.append(f"the target column is vector({declared}), the space has {dims} dimensions")
+        reasons.append(f"the target column has {declared} dimensions, the space has {dims}")
     return "; ".join(reasons) or "configuration and registry disagree"
 
 

@@ -223,7 +223,8 @@ def _table_findings(space: SpaceConfig, info: TableInfo) -> list[Finding]:
     if info.target is None and space.destination == "table":
         target = (
             f"{space.vector_schema}.{space.vector_table_name} absent: target_column creates it "
-            f"({space.vector_key_column}, {space.target_column} vector({dims}), provenance); "
+            f"({space.vector_key_column}, {space.target_column} {space.storage}({dims}),"
+            " provenance); "
             f"{space.table} is not altered"
         )
     elif info.target is None:
