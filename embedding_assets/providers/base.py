@@ -151,8 +151,8 @@ def check_vectors(vectors: object, expected_rows: int, identity: ModelIdentity) 
         raise DimensionMismatchError(
             f"{identity.label()} returned {array.shape[1]}-dimensional vectors but the space is "
             f"configured for {identity.dimensions}; set model.dimensions to what the model "
-            "returns, or (openai) set send_dimensions: always so the server shortens them. "
-            "Nothing was written.",
+            "returns (and model.truncate_dimensions to store fewer), or (openai) set "
+            "send_dimensions: always so the server shortens them. Nothing was written.",
             returned=int(array.shape[1]),
             configured=identity.dimensions,
         )
