@@ -38,10 +38,11 @@ Every strategy gets the same starting point: a freshly created, vacuumed and ana
 with the same rows (short realistic sentences in the text column), then a CHECKPOINT, so no
 strategy pays for the dead tuples, dirty pages or full-page writes of another; one untimed
 COPY at each dimension first, so that no strategy pays for creating the WAL files either.
-Each strategy runs `--repeat` times (default 3), interleaved with the others, and the median
-is reported with the min-max spread: the machine may be shared, and one run is not a
-measurement. The verdicts are medians of per-repetition ratios (two strategies of one
-repetition ran back to back, under the same load), with their range.
+Each strategy runs `--repeat` times (default 3), interleaved with the others (each repetition
+in an order rotated by one), and the median is reported with the min-max spread: the machine
+may be shared, and one run is not a measurement. The verdicts are medians of per-repetition
+ratios (two strategies of one repetition ran minutes apart at most, under the same load),
+with their range.
 
 Run: `.venv/bin/python benchmarks/write_path.py [--rows N] [--dims 384,1024] [--repeat 3]
 [--quick]` (`--quick`: 5000 rows, one run each, a smoke test of the script itself).
@@ -599,7 +600,10 @@ def bench_dims(
     drop_table(conn, warm)
     admin(conn, "CHECKPOINT")
     for rep in range(repeat):
-        for s in plan:
+        # Each repetition starts one strategy later: what running first or after a given
+        # neighbour costs (cold caches, the OS flushing the last one's writes) is spread over
+        # every strategy instead of always landing on the same one.
+        for s in plan[rep % len(plan) :] + plan[: rep % len(plan)]:
             table = f"bench_{s.key}_{dims}_r{rep}"
             s.setup(table)
             seconds = s.run(table)
