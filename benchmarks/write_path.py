@@ -434,15 +434,16 @@ def run_copy_shaped(url: str, table: str, w: Workload) -> float:
         k=sql.Identifier(f"{TARGET}_model_key"),
     )
     ids = np.asarray(w.ids, dtype=np.int64)
+    buffer = bytearray()  # reused batch after batch, as the writer does
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
         with conn.cursor() as cur:
             for part in batches(len(w.ids)):
                 payload = copy_binary_payload(
-                    ids[part], w.vectors[part], w.hashes[part], w.model_key
+                    ids[part], w.vectors[part], w.hashes[part], w.model_key, out=buffer
                 )
-                with conn.transaction(), cur.copy(copy_sql) as copy:
-                    copy.write(payload)
+                with conn.transaction(), cur.copy(copy_sql) as copy, memoryview(payload) as view:
+                    copy.write(view)
         return time.perf_counter() - started
 
 

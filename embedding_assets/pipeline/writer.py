@@ -49,9 +49,14 @@ def _rows(
     head: list[tuple[str, str]],
     model_key: int | None = None,
     halfvec: bool = False,
+    out: bytearray | None = None,
 ) -> np.ndarray:
     """Binary COPY rows as one structured array: `head` fields, then (vector, hash), then
-    the model key when one is given. `halfvec`: pgvector's halfvec binary (float2)."""
+    the model key when one is given. `halfvec`: pgvector's halfvec binary (float2).
+
+    `out`: build them in place of this buffer, resized to header + rows + trailer, with the
+    header and trailer written: at 1024 dims a batch is 4 MB, and a fresh array, its
+    `tobytes()` and the concatenation cost as much CPU as the server spends taking it."""
     n, dims = vectors.shape
     component = ">f2" if halfvec else ">f4"
     row = np.dtype(
@@ -66,7 +71,15 @@ def _rows(
             *(_MODEL_KEY if model_key is not None else []),
         ]
     )
-    rows = np.empty(n, dtype=row)
+    if out is None:
+        rows = np.empty(n, dtype=row)
+    else:
+        size = len(_COPY_HEADER) + n * row.itemsize + len(_COPY_TRAILER)
+        if len(out) != size:
+            out[:] = bytes(size)
+        out[: len(_COPY_HEADER)] = _COPY_HEADER
+        out[size - len(_COPY_TRAILER) :] = _COPY_TRAILER
+        rows = np.frombuffer(out, dtype=row, count=n, offset=len(_COPY_HEADER))
     if model_key is not None:
         rows["k_len"] = 8
         rows["k"] = model_key
@@ -91,15 +104,19 @@ def copy_binary_payload(
     model_key: int | None = None,
     id_type: str = "int8",
     halfvec: bool = False,
-) -> bytes:
+    out: bytearray | None = None,
+) -> bytes | bytearray:
     """PostgreSQL binary COPY rows (id, v vector, h bytea[, k int8]), built in one numpy
-    pass; `id_type` is the id column's int2, int4 or int8."""
+    pass; `id_type` is the id column's int2, int4 or int8. With `out`, built in that
+    buffer (reused batch after batch) and returned."""
     id_dtype = _INT_WIDTHS[id_type]
     head = [("nfields", ">i2"), ("id_len", ">i4"), ("id", id_dtype)]
-    rows = _rows(vectors, hashes, head, model_key, halfvec)
+    rows = _rows(vectors, hashes, head, model_key, halfvec, out)
     rows["nfields"] = 3 if model_key is None else 4
     rows["id_len"] = np.dtype(id_dtype).itemsize
     rows["id"] = ids
+    if out is not None:
+        return out
     return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
@@ -125,6 +142,13 @@ def copy_binary_payload_keys(
     return b"".join(parts)
 
 
+def _send(copy: psycopg.Copy, payload: bytes | bytearray) -> None:
+    """Hand the payload to COPY through a view: psycopg sends a large buffer in chunks,
+    and slices of a view are not copies. The view is released before the buffer is reused."""
+    with memoryview(payload) as view:
+        copy.write(view)
+
+
 def key_bytes(key: KeyType, values: list[object]) -> list[bytes]:
     """Key values in PostgreSQL's binary format: uuid 16 bytes, text its UTF-8."""
     if key.kind == "uuid":
@@ -146,6 +170,7 @@ class VectorWriter:
         self.to_table = destination_of(space).kind == "table"
         # Table mode: the last batch held no rows, so the next one most likely holds none.
         self._all_new = True
+        self._buffer = bytearray()  # integer-key COPY payloads are built here, batch after batch
         self.halfvec = space.storage == "halfvec"
         inline_max = INLINE_MAX_DIMS * 2 if self.halfvec else INLINE_MAX_DIMS  # 2 bytes/dim
         self.staged = dims <= inline_max and not self.to_table
@@ -229,12 +254,18 @@ class VectorWriter:
         vectors: np.ndarray,
         hashes: list[bytes],
         model_key: int | None = None,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         if self.key.kind == "integer":
             # the stage table's id is bigint; the destination table's, the source key's type
             id_type = self.key.type_name if self.to_table else "int8"
             return copy_binary_payload(
-                np.asarray(ids, dtype=np.int64), vectors, hashes, model_key, id_type, self.halfvec
+                np.asarray(ids, dtype=np.int64),
+                vectors,
+                hashes,
+                model_key,
+                id_type,
+                self.halfvec,
+                self._buffer,
             )
         return copy_binary_payload_keys(
             key_bytes(self.key, ids), vectors, hashes, model_key, self.halfvec
@@ -243,7 +274,7 @@ class VectorWriter:
     def _copy_all(self, ids: list[object], vectors: np.ndarray, hashes: list[bytes]) -> int:
         """COPY the whole batch, asking nothing: the primary key refuses a held row."""
         with self.conn.cursor() as cur, cur.copy(self._copy) as copy:
-            copy.write(self._payload(ids, vectors, hashes, self.model_key))
+            _send(copy, self._payload(ids, vectors, hashes, self.model_key))
         return len(ids)
 
     def _write_table(self, ids: list[object], vectors: np.ndarray, hashes: list[bytes]) -> int:
@@ -262,13 +293,14 @@ class VectorWriter:
                 written = self._copy_all(ids, vectors, hashes)
             elif new:
                 with cur.copy(self._copy) as copy:
-                    copy.write(
+                    _send(
+                        copy,
                         self._payload(
                             [ids[i] for i in new],
                             vectors[new],
                             [hashes[i] for i in new],
                             self.model_key,
-                        )
+                        ),
                     )
                 written = len(new)
             if held:
@@ -317,7 +349,7 @@ class VectorWriter:
             elif ids:
                 with self.conn.cursor() as cur:
                     with cur.copy(self._copy) as copy:
-                        copy.write(self._payload(ids, vectors, hashes))
+                        _send(copy, self._payload(ids, vectors, hashes))
                     bounds = {"key": self.model_key, "lo": text(ids[0]), "hi": text(ids[-1])}
                     cur.execute(self._update, bounds)
                     written = cur.rowcount
