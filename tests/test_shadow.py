@@ -325,3 +325,19 @@ def test_above_2000_dims_the_search_uses_the_halfvec_index(
         lines = [r[0] for r in conn.execute(explain, (query[0],))]
     assert any(f"Index Scan using {record.index_name}" in line for line in lines), lines
     assert len(top_k(conn, plan, query, 5)[0]) == 5
+
+
+def test_demo_reset_after_an_activated_space_drops_its_read_view_too(
+    conn: psycopg.Connection,
+) -> None:
+    """`demo --reset` after a finished demo: activation left `documents_embedding`, a view
+    on the table, and the reset must not stop at it."""
+    seed_demo_table(conn)
+    conn.execute("CREATE VIEW documents_embedding AS SELECT id FROM documents")
+    conn.execute("UPDATE documents SET body = 'changed' WHERE id = 1")
+
+    rows = seed_demo_table(conn, reset=True)
+
+    assert rows > 0
+    assert conn.execute("SELECT to_regclass('documents_embedding')").fetchone() == (None,)
+    assert conn.execute("SELECT body FROM documents WHERE id = 1").fetchone() != ("changed",)

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from ..config import ModelConfig
 from ..db.migrations import ensure_pgvector
+from ..lifecycle.read_path import read_view_name
 from ..providers import build_provider
 from .corpus import stdlib_documents
 
@@ -37,6 +38,9 @@ def seed_demo_table(
     table = sql.Identifier(schema, DEMO_TABLE)
     if reset:
         with conn.transaction():
+            # An activated space left the table's read view, which depends on the table.
+            view = sql.Identifier(schema, read_view_name(DEMO_TABLE))
+            conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
             exists = conn.execute(
                 "SELECT to_regclass('embedding_backfills.vector_spaces')"
