@@ -314,3 +314,42 @@ def test_index_estimate_reproduces_the_measured_curve() -> None:
     assert not estimate_index(1_000_000, 384, IndexConfig(maintenance_work_mem="1GB")).fits
     assert estimate_index(1_000_000, 384, IndexConfig(maintenance_work_mem="4GB")).fits
     assert memory_bytes("512 MB") == 512 * 1024**2 and memory_bytes("65536") == 64 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("budget", "bound", "cap"),
+    [
+        ({}, "requests in flight", None),
+        ({"tokens_per_minute": 6_000}, "tokens_per_minute", 6_000 / 60 / 10),  # 10 tokens a row
+        ({"requests_per_minute": 6}, "requests_per_minute", 6 / 60 * 16),  # 16 rows a request
+    ],
+)
+def test_plans_time_for_a_hosted_endpoint_counts_requests_in_flight_and_budgets(
+    monkeypatch: pytest.MonkeyPatch, budget: dict[str, int], bound: str, cap: float | None
+) -> None:
+    """The sample goes one request at a time, a run keeps 4 in flight: the run's rate is 4x
+    the measured one, unless the endpoint's budget allows less (then exactly that)."""
+    from openai_server import FakeEmbeddingsServer
+
+    from embedding_assets.config import ModelConfig
+    from embedding_assets.reports.plan import measure_throughput
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-plan")
+    with FakeEmbeddingsServer(dims=8) as server:
+        model = ModelConfig(
+            provider="openai",
+            name="nomic-embed-text",
+            dimensions=8,
+            base_url=server.base_url,
+            max_concurrent_requests=4,
+            **budget,  # type: ignore[arg-type]
+        )
+        texts = [f"row {i}" for i in range(64)]
+        estimate = measure_throughput(build_provider(model), texts, 16, 10_000, model, 10.0)
+        sent = [r.n_inputs for r in server.requests]
+
+    assert sent == [1, 16, 16, 16, 16]  # the warm-up, then the sample one request at a time
+    assert estimate.in_flight == 4 and estimate.bound == bound
+    expected = cap if cap is not None else estimate.measured_rows_per_second * 4
+    assert estimate.rows_per_second == pytest.approx(expected)
+    assert estimate.seconds == pytest.approx(10_000 / expected)

@@ -113,11 +113,21 @@ def render_plan(report: PlanReport) -> RenderableType:
         work.add_row("cost", usd, report.cost.basis)
     if report.time is not None:
         tm = report.time
+        measured = (
+            f"{tm.measured_rows_per_second:,.1f} rows/s measured on a sample of "
+            f"{tm.sample_rows} rows ({tm.sample_seconds:.2f} s), one request at a time"
+        )
+        how = {
+            "measured": measured,
+            "requests in flight": f"{measured}, x{tm.in_flight} requests in flight"
+            " (max_concurrent_requests) if the endpoint serves them",
+            "tokens_per_minute": f"{measured}; capped by the endpoint's tokens_per_minute",
+            "requests_per_minute": f"{measured}; capped by the endpoint's requests_per_minute",
+        }[tm.bound]
         work.add_row(
             "embedding time",
             _duration(tm.seconds),
-            f"{tm.rows_per_second:,.1f} rows/s measured on a sample of {tm.sample_rows} rows "
-            f"({tm.sample_seconds:.2f} s); one run at a time",
+            f"{tm.rows_per_second:,.1f} rows/s: {how}; one run at a time",
         )
     if report.storage is not None:
         s = report.storage
