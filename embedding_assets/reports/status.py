@@ -170,7 +170,10 @@ def _sample_counts(
 ) -> tuple[int, int, int, int, int | None, int]:
     """(rows, with text, vectors, missing, stale, outside the filter) of a page sample,
     scaled to the whole table. The same pages on every call (REPEATABLE): two runs of
-    status differ only where the table did."""
+    status differ only where the table did. Not `evaluate_column` on a sample: missing and
+    stale mean the same here (the same `text_hash` join and comparisons), but the checks
+    also detoast every vector for its norm and anti-join the whole destination table for
+    orphans, which no sample bounds."""
     names = space_sql(space)
     stale = (
         sql.SQL(
