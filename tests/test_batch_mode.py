@@ -24,12 +24,14 @@ import pytest
 from conftest import create_docs, make_space, materialize_target, non_empty_count, run_asset
 from dagster import DagsterInstance
 from openai_server import FakeEmbeddingsServer
+from rich.console import Console
 
 from embedding_assets.config import ModelConfig, SpaceConfig
 from embedding_assets.defs.partitions import id_range_partitions_name
 from embedding_assets.errors import ConfigError
-from embedding_assets.reports.endpoint import endpoint_of
-from embedding_assets.reports.plan import estimate_cost
+from embedding_assets.reports.endpoint import Endpoint, endpoint_of
+from embedding_assets.reports.plan import PlanReport, RowCounts, batch_turnaround, estimate_cost
+from embedding_assets.reports.render import render_plan
 
 MODEL = "text-embedding-3-small"
 DIMS = 8
@@ -211,6 +213,36 @@ def test_batch_tokens_cost_half_the_list_price() -> None:
     full, half = estimate_cost(online, cloud, 1_000_000), estimate_cost(batch, cloud, 1_000_000)
     assert full.usd is not None and half.usd == pytest.approx(full.usd / 2)
     assert "Batch API" in half.basis
+
+
+def test_plan_says_a_batch_backfill_waits_on_turnaround_not_on_a_rate() -> None:
+    """120,000 rows in 2 partitions of 100,000, both in one run: 3 batches of <= 50,000."""
+    space = make_space(
+        model=batch_model("http://127.0.0.1:9"), partition_size=100_000, partitions_per_run=2
+    )
+    counts = RowCounts(rows=130_000, empty=4_000, done=6_000, partitions=2, partitions_to_run=2)
+    turnaround = batch_turnaround(space, counts)
+    assert turnaround is not None
+    assert (turnaround.runs, turnaround.batches) == (1, 3)
+    one_per_run = make_space(
+        model=batch_model("http://127.0.0.1:9"), partition_size=100_000, partitions_per_run=1
+    )
+    split = batch_turnaround(one_per_run, counts)
+    assert split is not None and (split.runs, split.batches) == (2, 4)  # 60,000 rows a run
+    online = make_space(model=batch_model("http://127.0.0.1:9", mode="online"))
+    assert batch_turnaround(online, counts) is None
+    report = PlanReport("s", "docs", "emb", MODEL, Endpoint("public-cloud", "x"), 50)
+    report.counts, report.turnaround = counts, turnaround
+    console = Console(width=400, record=True)
+    console.print(render_plan(report))
+    text = console.export_text()
+    assert "3 batches" in text and "24 h completion window" in text
+    assert report.as_dict()["batch_turnaround"] == {
+        "runs": 1,
+        "batches": 3,
+        "inputs_per_batch": 50_000,
+        "completion_window_hours": 24,
+    }
 
 
 def test_a_batch_created_but_not_recorded_is_found_by_its_input_file(

@@ -24,7 +24,11 @@ from conftest import (
 from dagster import AssetKey, DagsterInstance
 
 from embedding_assets.lifecycle.index import build_hnsw_index_watched
-from embedding_assets.lifecycle.index_progress import ProgressSample, describe_progress
+from embedding_assets.lifecycle.index_progress import (
+    ProgressSample,
+    describe_progress,
+    phase_anchor,
+)
 
 WAITING = "waiting for writers before build"
 COUNTER_LINE = re.compile(r"^index build: (.+): ([0-9,]+) of ([0-9,]+) (tuples|blocks) \(\d+%\)")
@@ -175,6 +179,24 @@ def test_rate_and_eta_are_averaged_over_the_phase() -> None:
         "index build: building index: loading tuples: 600 of 1,000 blocks (60%), "
         "100 blocks/s, ETA 0m04s"
     )
+
+
+def test_a_phase_whose_first_reading_has_no_counter_still_gets_a_rate_and_an_eta() -> None:
+    """What a 5M-row build showed: "loading tuples" read once before blocks_total was set."""
+    phase = "building index: loading tuples"
+    bare = ProgressSample(10.0, phase, 0, 0, 0, 0, 0, 0)
+    first = ProgressSample(15.0, phase, 0, 0, 100, 1000, 0, 0)
+    later = ProgressSample(20.0, phase, 0, 0, 600, 1000, 0, 0)
+    anchor = phase_anchor(None, bare)
+    assert describe_progress(bare, anchor) == f"index build: {phase}"
+    anchor = phase_anchor(anchor, first)
+    assert anchor is first
+    anchor = phase_anchor(anchor, later)
+    assert anchor is first
+    assert describe_progress(later, anchor).endswith("(60%), 100 blocks/s, ETA 0m04s")
+    # a new phase starts its own average
+    graph = ProgressSample(25.0, "building index: writing", 0, 0, 0, 0, 0, 0)
+    assert phase_anchor(anchor, graph) is graph
 
 
 @pytest.mark.usefixtures("db_url")

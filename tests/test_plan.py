@@ -280,6 +280,9 @@ def test_plan_for_a_destination_table_writes_nothing_and_estimates_its_disk(
     assert storage["destination"] == "table" and storage["source_table_growth_bytes"] == 0
     assert storage["peak_bytes"] == storage["added_bytes"]  # no dead row versions anywhere
     assert "source table unchanged" in human
+    # an insert-only table is vacuumed too: each new page logged once more, whole
+    assert storage["wal_with_vacuum_bytes"] == storage["wal_bytes"] + storage["peak_bytes"]
+    assert "WAL with vacuum" in human
 
     # the estimate, next to what the destination table (heap + primary key) really takes
     prepare_target_column(conn, space, build_provider(space.model))

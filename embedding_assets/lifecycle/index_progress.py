@@ -82,6 +82,19 @@ def describe_progress(sample: ProgressSample, phase_start: ProgressSample | None
     return text
 
 
+def phase_anchor(anchor: ProgressSample | None, sample: ProgressSample) -> ProgressSample:
+    """The sample rates are averaged from: the first of the phase that reports the counter
+    `sample` reports. A phase's first reading often has no counter yet (pgvector sets
+    blocks_total a moment after it enters "loading tuples"); anchoring on it would leave
+    the whole phase, hours at 10M rows, without a rate or an ETA."""
+    if anchor is None or anchor.phase != sample.phase:
+        return sample
+    unit = sample.counter()
+    if unit is not None and (anchor.counter() or ("",))[0] != unit[0]:
+        return sample
+    return anchor
+
+
 @dataclass
 class BuildTimeline:
     """What the watcher saw: every sample, and when each phase was first seen."""
@@ -146,8 +159,7 @@ class BuildWatcher:
                 while not self._stop.is_set():
                     sample = read_progress(conn, self._pid)
                     if sample is not None:
-                        if phase_start is None or phase_start.phase != sample.phase:
-                            phase_start = sample
+                        phase_start = phase_anchor(phase_start, sample)
                         self.timeline.samples.append(sample)
                         self._logger.info(describe_progress(sample, phase_start))
                     self._stop.wait(self._interval)

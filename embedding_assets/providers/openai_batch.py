@@ -28,6 +28,7 @@ from .truncate import TruncatedProvider, innermost
 
 MAX_REQUESTS_PER_BATCH = 50_000
 MAX_INPUTS_PER_BATCH = 50_000
+COMPLETION_WINDOW_HOURS = 24  # the only window the Batch API offers
 MAX_FILE_BYTES = 190 * 1024 * 1024  # the limit is 200 MB: keep a margin for the encoding
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -184,7 +185,7 @@ class OpenAIBatchClient:
             self.client.batches.create,
             input_file_id=input_file_id,
             endpoint="/v1/embeddings",
-            completion_window="24h",
+            completion_window=f"{COMPLETION_WINDOW_HOURS}h",
             metadata=metadata,
         )
         return _status(batch)

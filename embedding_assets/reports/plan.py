@@ -29,6 +29,7 @@ from ..pipeline.partitions import ALL_KEYS, partition_of, recorded_ranges
 from ..pipeline.reader import done_predicate, page_query
 from ..pipeline.target import check_fingerprint, indexes_blocking_writes
 from ..providers import SENTINEL_TEXTS, EmbeddingProvider, build_provider
+from ..providers.openai_batch import COMPLETION_WINDOW_HOURS, MAX_INPUTS_PER_BATCH
 from . import NoProgress, Progress, read_only_connection
 from .endpoint import Endpoint, endpoint_of
 from .index_estimate import IndexEstimate, estimate_index
@@ -135,6 +136,38 @@ class TimeEstimate:
         }
 
 
+@dataclass(frozen=True)
+class BatchTurnaround:
+    """`model.mode: batch`: the backfill waits on the provider's queue, not on a rate.
+
+    Each run packs its rows into batches of at most MAX_INPUTS_PER_BATCH inputs, submits
+    them all, then waits; OpenAI finishes each batch within its completion window (24 h),
+    usually sooner. So the wall time is about the turnaround times the waves of runs the
+    endpoint's pool lets run at once, whatever `TimeEstimate` measured online.
+    """
+
+    runs: int  # backfill runs: partitions to run / partitions_per_run
+    batches: int  # at least: each run's rows, MAX_INPUTS_PER_BATCH to a batch
+    inputs_per_batch: int = MAX_INPUTS_PER_BATCH
+    completion_window_hours: int = COMPLETION_WINDOW_HOURS
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "runs": self.runs,
+            "batches": self.batches,
+            "inputs_per_batch": self.inputs_per_batch,
+            "completion_window_hours": self.completion_window_hours,
+        }
+
+
+def batch_turnaround(space: SpaceConfig, counts: RowCounts) -> BatchTurnaround | None:
+    if space.model.mode != "batch" or counts.to_embed == 0:
+        return None
+    runs = max(1, math.ceil(counts.partitions_to_run / space.partitions_per_run))
+    per_run = math.ceil(counts.to_embed / runs)
+    return BatchTurnaround(runs, runs * math.ceil(per_run / MAX_INPUTS_PER_BATCH))
+
+
 @dataclass
 class PlanReport:
     space: str
@@ -151,6 +184,7 @@ class PlanReport:
     time: TimeEstimate | None = None
     storage: StorageEstimate | None = None
     index: IndexEstimate | None = None
+    turnaround: BatchTurnaround | None = None  # model.mode: batch
 
     @property
     def ok(self) -> bool:
@@ -185,6 +219,7 @@ class PlanReport:
             "time": None if self.time is None else self.time.as_dict(),
             "storage": None if self.storage is None else self.storage.as_dict(),
             "index": None if self.index is None else self.index.as_dict(),
+            "batch_turnaround": None if self.turnaround is None else self.turnaround.as_dict(),
         }
 
 
@@ -575,6 +610,7 @@ def _estimate(
     report.cost = estimate_cost(
         space.model, report.endpoint, report.tokens.total if report.tokens else None
     )
+    report.turnaround = batch_turnaround(space, counts)
     sample = texts[:sample_size]
     if provider is None or not sample:
         return

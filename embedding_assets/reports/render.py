@@ -129,6 +129,16 @@ def render_plan(report: PlanReport) -> RenderableType:
             _duration(tm.seconds),
             f"{tm.rows_per_second:,.1f} rows/s: {how}; one run at a time",
         )
+    if report.turnaround is not None:
+        b = report.turnaround
+        work.add_row(
+            "Batch API",
+            f"{_n(b.batches)} batches",
+            f"at least: {_n(b.runs)} runs, each submitting its rows {b.inputs_per_batch:,} to a"
+            f" batch, then waiting; each batch ends within its {b.completion_window_hours} h"
+            " completion window, usually sooner. Wall time is the provider's turnaround"
+            " times the waves of runs the endpoint's pool lets run at once, not the rate above",
+        )
     if report.storage is not None:
         s = report.storage
         toast = "TOASTed (over ~2 kB a vector)" if s.toasted else "stored inline"
@@ -141,6 +151,11 @@ def render_plan(report: PlanReport) -> RenderableType:
         if s.destination == "table":
             work.add_row("disk peak", _bytes(s.peak_bytes), "source table unchanged: no dead rows")
             work.add_row("WAL", _bytes(s.wal_bytes), "the INSERTs: new rows and their key")
+            work.add_row(
+                "WAL with vacuum",
+                _bytes(s.wal_with_vacuum_bytes),
+                "plus autovacuum setting hint bits after checkpoints: each new page again, whole",
+            )
             work.add_row("dead tuples", "0", "nothing is updated: nothing for a vacuum to do")
         else:
             work.add_row(
