@@ -381,6 +381,8 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
         f"{rates[0]:,.0f} / {rates[len(rates) // 2]:,.0f} / {rates[-1]:,.0f}" if rates else "-",
         console,
     )
+    if rates:
+        out.figures["_median_run_rate"] = str(rates[len(rates) // 2])
     index_meta = materialization_metadata(instance, index)
     if not index_meta or not materialization_metadata(instance, registry):
         # The gate closed in the backfill; do what an operator then does, and measure it.
@@ -411,8 +413,11 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
             f"{span:,.1f} s ({embedded / span:,.0f})",
             console,
         )
+        if embedded:
+            out.figures["_span_per_row"] = str(span / embedded)
     peak = max(sampler.peak_rss.values(), default=0)
     out.put("run worker peak RSS (largest process)", mb(peak), console)
+    out.figures["_peak_rss"] = str(peak)
 
     record = get_space(conn, space.name)
     started = time.perf_counter()
@@ -589,7 +594,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         for note in r.notes:
             console.print(f"note: {note}", highlight=False)
+    print_verdicts(results, console)
     return 0
+
+
+def vs(now: Measured, base: Measured, key: str, *, higher_is_better: bool = False) -> str:
+    """How much more a row costs at `now` than at `base`, by the hidden figure `key`."""
+    if key not in now.figures or key not in base.figures:
+        return "-"
+    a, b = float(now.figures[key]), float(base.figures[key])
+    return ratio(b, a) if higher_is_better else ratio(a, b)
+
+
+def print_verdicts(results: list[Measured], console: Console) -> None:
+    """The issue's targets, each N against the smallest: per-row cost within 1.2x (two
+    readings: the median run's rate, and the whole embedding span per row, which counts run
+    startup and the runs' overlap) and the run workers' peak RSS within 1.1x."""
+    for r in results[1:]:
+        base = results[0]
+        console.print(
+            f"{r.rows:,} rows vs {base.rows:,}: per-row cost"
+            f" {vs(r, base, '_median_run_rate', higher_is_better=True)} (median run's rate),"
+            f" {vs(r, base, '_span_per_row')} (embedding span per row), target <= 1.2x;"
+            f" peak RSS {vs(r, base, '_peak_rss')}, target <= 1.1x",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":
