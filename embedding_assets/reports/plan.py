@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import psycopg
 from psycopg import sql
@@ -152,12 +152,7 @@ class BatchTurnaround:
     completion_window_hours: int = COMPLETION_WINDOW_HOURS
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "runs": self.runs,
-            "batches": self.batches,
-            "inputs_per_batch": self.inputs_per_batch,
-            "completion_window_hours": self.completion_window_hours,
-        }
+        return asdict(self)
 
 
 def batch_turnaround(space: SpaceConfig, counts: RowCounts) -> BatchTurnaround | None:

@@ -47,10 +47,10 @@ An insert-only destination table is vacuumed too (autovacuum's insert threshold,
 13+): it sets the visibility map and hint bits, and with data checksums on (initdb's default
 since PostgreSQL 18) the first such change to a page after a checkpoint logs the whole page.
 So `wal_with_vacuum` = wal + the destination's own bytes, about one full-page image per page
-it fills (measured at 1M rows of 384 dims: 2,915 MB against 3,332 MB estimated, 1.14x, and
-1,691 MB for `wal` alone, 0.58x).
+it fills (measured at 384 dims: 2,915 MB against 3,332 MB estimated at 1M rows, 1.14x; 17,496
+MB against 16,660 MB at 5M, 0.95x; `wal` alone said 0.58x and 0.48x).
 
-Not included otherwise: full-page images (the first change to each page after a checkpoint logs the
+Not included in `wal`: full-page images (the first change to each page after a checkpoint logs the
 whole 8 kB page: up to the table's size again per checkpoint interval), a wide row pushing
 a shorter vector out of line too, and compression (floats barely compress).
 """
