@@ -164,6 +164,54 @@ def sized_mwm(rows: int, args: argparse.Namespace) -> str:
     return f"{max(1, -(-needed // 1024**3))}GB"
 
 
+@dataclass(frozen=True)
+class SystemSample:
+    """Machine-wide disk traffic and CPU iowait (Linux /proc), and the server's checkpoints:
+    what tells a database bound by its disk from one bound by its CPU."""
+
+    at: float
+    kb_read: int
+    kb_written: int
+    iowait_ticks: int
+    cpu_ticks: int
+    checkpoints_requested: int
+    checkpoints_timed: int
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection) -> SystemSample:
+        vmstat = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+        cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        requested, timed = conn.execute(
+            "SELECT num_requested, num_timed FROM pg_stat_checkpointer"
+        ).fetchone() or (0, 0)
+        return cls(
+            at=time.time(),
+            kb_read=int(vmstat["pgpgin"]),
+            kb_written=int(vmstat["pgpgout"]),
+            iowait_ticks=cpu[4],
+            cpu_ticks=sum(cpu[:8]),
+            checkpoints_requested=int(requested),
+            checkpoints_timed=int(timed),
+        )
+
+
+def system_between(samples: list[SystemSample], start: float, end: float) -> str | None:
+    """Disk read and written, the CPU's share in iowait and the checkpoints in [start, end]."""
+    inside = [s for s in samples if start <= s.at <= end]
+    if len(inside) < 2:
+        return None
+    a, b = inside[0], inside[-1]
+    ticks = b.cpu_ticks - a.cpu_ticks
+    iowait = (b.iowait_ticks - a.iowait_ticks) / ticks if ticks else 0.0
+    read_gb, written_gb = (b.kb_read - a.kb_read) / 1e6, (b.kb_written - a.kb_written) / 1e6
+    requested = b.checkpoints_requested - a.checkpoints_requested
+    timed = b.checkpoints_timed - a.checkpoints_timed
+    return (
+        f"read {read_gb:,.1f} GB, written {written_gb:,.1f} GB, iowait {iowait:.0%} of CPU"
+        f" time; checkpoints {requested} requested (WAL full) + {timed} timed"
+    )
+
+
 @dataclass
 class Sampler:
     """Peak RSS of Dagster run/step processes and the WAL position, every `interval` s."""
@@ -173,6 +221,7 @@ class Sampler:
     interval: float = 0.5
     peak_rss: dict[int, int] = field(default_factory=dict)
     index_started_lsn: str | None = None
+    system: list[SystemSample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _workers(self) -> Iterator[psutil.Process]:
@@ -211,6 +260,7 @@ class Sampler:
                     ).fetchone()
                     if row:
                         self.index_started_lsn = str(row[0])
+                self.system.append(SystemSample.read(conn))
                 self._stop.wait(self.interval)
 
     @contextmanager
@@ -250,14 +300,14 @@ def materialization_metadata(instance: Any, key: Any) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def embedding_span(instance: Any, run_ids: list[str]) -> float | None:
-    """Seconds from the first embeddings run's start to the last one's end (no index)."""
+def embedding_span(instance: Any, run_ids: list[str]) -> tuple[float, float] | None:
+    """The first embeddings run's start and the last one's end, epoch seconds (no index)."""
     from dagster import RunsFilter
 
     records = instance.get_run_records(RunsFilter(run_ids=run_ids)) if run_ids else []
     starts = [r.start_time for r in records if r.start_time]
     ends = [r.end_time for r in records if r.end_time]
-    return max(ends) - min(starts) if starts and ends else None
+    return (min(starts), max(ends)) if starts and ends else None
 
 
 def in_process(space: SpaceConfig, instance: Any, asset: str) -> None:
@@ -336,6 +386,11 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
     out.put("text bytes per row (mean)", f"{body:,}", console)
     table_before = int(one(conn, "SELECT pg_table_size(%s::regclass)", (TABLE,)))
     out.put("table size before", mb(table_before), console)
+    settings = conn.execute(
+        "SELECT string_agg(name || ' ' || current_setting(name), ', ' ORDER BY name)"
+        " FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', 'data_checksums')"
+    ).fetchone()
+    out.put("server", str(settings[0] if settings else "?"), console)
 
     started = time.perf_counter()
     plan: PlanReport = plan_space(space, database_url=url, sample_size=256, token_sample=2000)
@@ -359,8 +414,9 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
         sampler = Sampler(dev.process.pid, url)
         with sampler.running():
             started = time.perf_counter()
+            selected = [embeddings.path, index.path, registry.path]
             backfill_id = dev.launch_partition_backfill(
-                [embeddings.path, index.path, registry.path], keys
+                selected[:1] if args.embeddings_only else selected, keys
             )
             status = dev.wait_for_backfill(backfill_id, timeout=args.timeout)
             wall = time.perf_counter() - started
@@ -384,7 +440,9 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
     if rates:
         out.figures["_median_run_rate"] = str(rates[len(rates) // 2])
     index_meta = materialization_metadata(instance, index)
-    if not index_meta or not materialization_metadata(instance, registry):
+    if args.embeddings_only:
+        out.notes.append(f"{rows:,} rows: --embeddings-only: no index build, no activation")
+    elif not index_meta or not materialization_metadata(instance, registry):
         # The gate closed in the backfill; do what an operator then does, and measure it.
         out.notes.append(
             f"{rows:,} rows: the backfill left the index or activation unmaterialized; "
@@ -406,8 +464,9 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
         index_meta = materialization_metadata(instance, index)
     overall = embedded / wall if wall else 0.0
     out.put("rows/s overall (backfill wall)", f"{overall:,.0f}", console)
-    span = embedding_span(instance, [r.run_id for r in runs if r.partition_range is not None])
-    if span:
+    bounds = embedding_span(instance, [r.run_id for r in runs if r.partition_range is not None])
+    span = bounds[1] - bounds[0] if bounds else None
+    if bounds and span:
         out.put(
             "embedding runs: first start to last end (rows/s)",
             f"{span:,.1f} s ({embedded / span:,.0f})",
@@ -415,6 +474,9 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
         )
         if embedded:
             out.figures["_span_per_row"] = str(span / embedded)
+        io = system_between(sampler.system, *bounds)
+        if io:
+            out.put("embedding runs: disk, iowait, checkpoints (whole machine)", io, console)
     peak = max(sampler.peak_rss.values(), default=0)
     out.put("run worker peak RSS (largest process)", mb(peak), console)
     out.figures["_peak_rss"] = str(peak)
@@ -564,6 +626,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="index.maintenance_work_mem (default: what plan says the graph needs)",
     )
+    parser.add_argument(
+        "--max-wal-size",
+        default=None,
+        help="the server's max_wal_size for the run, as an operator raises it for a backfill"
+        " (default: PostgreSQL's 1GB)",
+    )
+    parser.add_argument(
+        "--embeddings-only",
+        action="store_true",
+        help="backfill the embeddings partitions only: no index build, no activation"
+        " (the write path at scale without the hours of HNSW)",
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     console = Console(width=160)
@@ -574,6 +648,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: list[Measured] = []
     try:
+        if args.max_wal_size:
+            with psycopg.connect(server.get_uri(), autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("ALTER SYSTEM SET max_wal_size = {}").format(
+                        sql.Literal(args.max_wal_size)
+                    )
+                )
+                admin.execute("SELECT pg_reload_conf()")
         for rows in (int(r) for r in args.rows.split(",")):
             console.print(f"[bold]{rows:,} rows[/]", highlight=False)
             results.append(bench(rows, args, server.get_uri(), console))
