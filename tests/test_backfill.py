@@ -16,8 +16,12 @@ from conftest import (
     totals,
 )
 from dagster import DagsterInstance
+from psycopg import sql
 
+from embedding_assets.db.introspect import inspect_table
 from embedding_assets.defs.partitions import id_range_partitions_name
+from embedding_assets.pipeline.partitions import KeyRange
+from embedding_assets.pipeline.reader import iter_pages, page_query
 from embedding_assets.providers import build_provider
 
 
@@ -137,3 +141,33 @@ def test_wide_vectors_take_the_out_of_line_write_path(
     expected_vector = build_provider(space.model).embed([body]).vectors[0]
     assert np.allclose(np.asarray(vector, dtype=np.float32), expected_vector, atol=1e-6)
     assert totals(materialize_partitions(space, dagster_instance), "rows_skipped") == expected
+
+
+def test_reading_a_page_starts_no_parallel_worker(
+    conn: psycopg.Connection, db_url: str, dagster_instance: DagsterInstance
+) -> None:
+    """A page is a few hundred rows by the key: a parallel worker's startup costs more than
+    it saves, on every page of a backfill. Here the planner is made to like parallel plans
+    (as it does on a large table's range), and the reader must still read serially."""
+    create_docs(conn, 1200)
+    space = make_space()
+    materialize_target(space, dagster_instance)
+    key = inspect_table(conn, space).key
+    query = sql.SQL("EXPLAIN ") + page_query(space, key, KeyRange(), True)
+    params = {"key": 1, "limit": 100, "after": None}
+    with psycopg.connect(db_url, autocommit=True) as reader:
+        for setting in (
+            "parallel_setup_cost",
+            "parallel_tuple_cost",
+            "min_parallel_index_scan_size",
+            "min_parallel_table_scan_size",
+        ):
+            reader.execute(sql.SQL("SET {} = 0").format(sql.Identifier(setting)))
+
+        def plan() -> str:
+            return "\n".join(str(row[0]) for row in reader.execute(query, params))
+
+        assert "Gather" in plan()  # without the reader's setting, this page would go parallel
+        page = next(iter_pages(reader, space, key, KeyRange(), 1, 100))
+        assert len(page.ids) == 100
+        assert "Gather" not in plan()

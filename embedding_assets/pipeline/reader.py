@@ -76,7 +76,13 @@ def iter_pages(
     model_key: int,
     page_size: int,
 ) -> Iterator[Page]:
-    """Yield pages of the rows in the key range, in key order."""
+    """Yield pages of the rows in the key range, in key order.
+
+    Turns parallel query off on `conn`: a page is `page_size` rows by the primary key, and
+    the planner, costing the whole range, would start a parallel worker for every page. Its
+    startup costs more than the page (5M rows, 2 runs on 2 vCPU: 14-24 ms a page parallel,
+    8-11 ms serial)."""
+    conn.execute("SET max_parallel_workers_per_gather = 0")
     queries = (page_query(space, key, key_range, True), page_query(space, key, key_range, False))
     after: str | None = None
     while True:
