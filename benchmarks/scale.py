@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import psutil
 import psycopg
 import yaml
@@ -212,16 +213,69 @@ def system_between(samples: list[SystemSample], start: float, end: float) -> str
     )
 
 
+def is_run_worker(cmdline: str) -> bool:
+    # Run and step workers are multiprocessing children of the code server and the run
+    # (DefaultRunLauncher, multiprocess executor); `dagster api execute_*` when launched as
+    # commands.
+    return "multiprocessing" in cmdline or "execute_run" in cmdline or "execute_step" in cmdline
+
+
+def process_role(cmdline: str, dagster_pids: set[int], pid: int, data_db: str) -> str:
+    """Who a process works for, from its command line (PostgreSQL's process titles name
+    the backend's database or the auxiliary process)."""
+    if pid in dagster_pids:
+        return "run workers" if is_run_worker(cmdline) else "dagster dev (webserver, daemon)"
+    if cmdline.startswith("postgres:"):
+        if "autovacuum" in cmdline:
+            return "autovacuum"
+        if "checkpointer" in cmdline or "background writer" in cmdline:
+            return "checkpointer, bgwriter"
+        if "walwriter" in cmdline:
+            return "walwriter"
+        if f" {data_db} " in cmdline:
+            return "backends of the data database"
+        if " scale_dagster_" in cmdline:
+            return "backends of Dagster's storage"
+        return "other PostgreSQL processes"
+    return "rest of the machine (this script included)"
+
+
+def cpu_by_role(
+    samples: list[tuple[float, dict[int, tuple[str, float, float]]]], start: float, end: float
+) -> dict[str, float]:
+    """CPU seconds each role used in [start, end]: per process, its last reading in the
+    window minus its first (0 for a process started inside it), summed by role. A process
+    that lived between two samples is missed; run workers live for seconds at least."""
+    inside = [(at, procs) for at, procs in samples if start <= at <= end]
+    if len(inside) < 2:
+        return {}
+    first: dict[int, float] = {}
+    last: dict[int, tuple[str, float]] = {}
+    for _, procs in inside:
+        for pid, (role, seconds, created) in procs.items():
+            if pid not in first:
+                first[pid] = 0.0 if created >= inside[0][0] else seconds
+            last[pid] = (role, seconds)
+    used: dict[str, float] = {}
+    for pid, (role, seconds) in last.items():
+        used[role] = used.get(role, 0.0) + max(0.0, seconds - first[pid])
+    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
 @dataclass
 class Sampler:
-    """Peak RSS of Dagster run/step processes and the WAL position, every `interval` s."""
+    """Peak RSS of Dagster run/step processes, the WAL position, the machine's disk and CPU,
+    and every process's CPU time by role, every `interval` s."""
 
     root_pid: int
     url: str
+    data_db: str = ""
     interval: float = 0.5
     peak_rss: dict[int, int] = field(default_factory=dict)
     index_started_lsn: str | None = None
     system: list[SystemSample] = field(default_factory=list)
+    # (time, {pid: (role, CPU seconds user + system, process start)}) per sample
+    cpu: list[tuple[float, dict[int, tuple[str, float, float]]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _workers(self) -> Iterator[psutil.Process]:
@@ -234,15 +288,26 @@ class Sampler:
                 cmdline = " ".join(proc.cmdline())
             except psutil.Error:
                 continue
-            # Run and step workers are multiprocessing children of the code server and the
-            # run (DefaultRunLauncher, multiprocess executor); `dagster api execute_*` when
-            # launched as commands.
-            if (
-                "multiprocessing" in cmdline
-                or "execute_run" in cmdline
-                or "execute_step" in cmdline
-            ):
+            if is_run_worker(cmdline):
                 yield proc
+
+    def _cpu_sample(self) -> dict[int, tuple[str, float, float]]:
+        try:
+            dagster = {self.root_pid} | {
+                p.pid for p in psutil.Process(self.root_pid).children(recursive=True)
+            }
+        except psutil.NoSuchProcess:
+            dagster = set()
+        sample: dict[int, tuple[str, float, float]] = {}
+        for proc in psutil.process_iter(["cmdline", "cpu_times", "create_time"]):
+            info = proc.info
+            times = info.get("cpu_times")
+            if times is None:
+                continue
+            cmdline = " ".join(info.get("cmdline") or [])
+            role = process_role(cmdline, dagster, proc.pid, self.data_db)
+            sample[proc.pid] = (role, times.user + times.system, info.get("create_time") or 0.0)
+        return sample
 
     def run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -261,6 +326,7 @@ class Sampler:
                     if row:
                         self.index_started_lsn = str(row[0])
                 self.system.append(SystemSample.read(conn))
+                self.cpu.append((time.time(), self._cpu_sample()))
                 self._stop.wait(self.interval)
 
     @contextmanager
@@ -286,6 +352,11 @@ def wal_diff(conn: psycopg.Connection, later: str, earlier: str) -> int:
 
 def materialization_metadata(instance: Any, key: Any) -> list[dict[str, Any]]:
     """Each run's latest materialization metadata of `key` (one per run, not per partition)."""
+    return list(metadata_by_run(instance, key).values())
+
+
+def metadata_by_run(instance: Any, key: Any) -> dict[str, dict[str, Any]]:
+    """Run id -> that run's latest materialization metadata of `key`."""
     from dagster import AssetRecordsFilter
 
     found: dict[str, dict[str, Any]] = {}
@@ -297,7 +368,37 @@ def materialization_metadata(instance: Any, key: Any) -> list[dict[str, Any]]:
         found.setdefault(
             record.run_id, {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
         )
-    return list(found.values())
+    return found
+
+
+def per_run_frame(instance: Any, key: Any, run_ids: list[str]) -> pl.DataFrame:
+    """One row per embeddings run in start order: when it started (s after the first), its
+    wall time, the time spent embedding and the rows it scanned. Run wall minus embedding is
+    the run's fixed cost (process start, definitions, the step's setup and the checks)."""
+    from dagster import RunsFilter
+
+    metadata = metadata_by_run(instance, key)
+    records = instance.get_run_records(RunsFilter(run_ids=run_ids)) if run_ids else []
+    rows = [
+        {
+            "start_s": r.start_time,
+            "wall_s": r.end_time - r.start_time,
+            "embed_s": float(metadata[r.dagster_run.run_id].get("seconds", 0)),
+            "rows": int(metadata[r.dagster_run.run_id].get("rows_scanned", 0)),
+        }
+        for r in records
+        if r.start_time and r.end_time and r.dagster_run.run_id in metadata
+    ]
+    if not rows:
+        return pl.DataFrame()
+    frame = pl.DataFrame(rows).sort("start_s")
+    return frame.with_columns(
+        (pl.col("start_s") - pl.col("start_s").min()).round(1),
+        (pl.col("rows") / pl.col("embed_s")).round(0).alias("rows_per_s"),
+        (pl.col("wall_s") - pl.col("embed_s")).round(1).alias("fixed_s"),
+        pl.col("wall_s").round(1),
+        pl.col("embed_s").round(1),
+    )
 
 
 def embedding_span(instance: Any, run_ids: list[str]) -> tuple[float, float] | None:
@@ -411,7 +512,7 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
     conn.execute("CHECKPOINT")
     lsn_start = str(one(conn, "SELECT pg_current_wal_lsn()::text"))
     with running_dagster_dev(env, workdir, startup_timeout=300) as dev:
-        sampler = Sampler(dev.process.pid, url)
+        sampler = Sampler(dev.process.pid, url, data_db=data_db)
         with sampler.running():
             started = time.perf_counter()
             selected = [embeddings.path, index.path, registry.path]
@@ -477,6 +578,31 @@ def bench(rows: int, args: argparse.Namespace, server_url: str, console: Console
         io = system_between(sampler.system, *bounds)
         if io:
             out.put("embedding runs: disk, iowait, checkpoints (whole machine)", io, console)
+        used = cpu_by_role(sampler.cpu, *bounds)
+        if used and embedded:
+            out.put(
+                "embedding runs: CPU ms per 1,000 rows, by process",
+                ", ".join(f"{role} {1e6 * s / embedded:,.0f}" for role, s in used.items()),
+                console,
+            )
+            out.put(
+                "embedding runs: CPU busy (of 2 x span)",
+                f"{sum(used.values()):,.0f} s of {span * (os.cpu_count() or 1):,.0f} s",
+                console,
+            )
+        frame = per_run_frame(
+            instance, embeddings, [r.run_id for r in runs if r.partition_range is not None]
+        )
+        if frame.height:
+            out.put(
+                "embedding runs: fixed cost per run (run wall - embedding; median / max)",
+                f"{frame['fixed_s'].median():,.1f} s / {frame['fixed_s'].max():,.1f} s",
+                console,
+            )
+            if args.runs_csv:
+                frame.write_csv(f"{args.runs_csv}.{rows}.csv")
+            with pl.Config(tbl_rows=100, tbl_hide_dataframe_shape=True):
+                console.print(str(frame), highlight=False)
     peak = max(sampler.peak_rss.values(), default=0)
     out.put("run worker peak RSS (largest process)", mb(peak), console)
     out.figures["_peak_rss"] = str(peak)
@@ -631,6 +757,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="the server's max_wal_size for the run, as an operator raises it for a backfill"
         " (default: PostgreSQL's 1GB)",
+    )
+    parser.add_argument(
+        "--runs-csv",
+        default=None,
+        metavar="PREFIX",
+        help="also write each N's per-run table to PREFIX.<N>.csv",
     )
     parser.add_argument(
         "--embeddings-only",

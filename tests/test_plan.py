@@ -4,6 +4,7 @@ nothing, also when pgvector is missing or the table is partly embedded."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -139,6 +140,54 @@ def test_plan_counts_exactly_and_writes_nothing(
     assert index["fits_in_memory"] is True
     assert "ready" in human and "1,056" in human  # rows to embed, as a person reads it
     assert "index build time" in human and "dead tuples" in human
+
+
+def set_max_wal_size(conn: psycopg.Connection, db_url: str, value: str | None) -> None:
+    """ALTER SYSTEM (RESET when None) and wait until a new session sees it: the reload is
+    asynchronous."""
+    if value is None:
+        conn.execute("ALTER SYSTEM RESET max_wal_size")
+    else:
+        conn.execute(sql.SQL("ALTER SYSTEM SET max_wal_size = {}").format(sql.Literal(value)))
+    conn.execute("SELECT pg_reload_conf()")
+    wanted = conn.execute(
+        "SELECT pg_size_bytes(coalesce(%s, (SELECT boot_val || unit FROM pg_settings"
+        " WHERE name = 'max_wal_size')))",
+        (value,),
+    ).fetchone()[0]
+    for _ in range(100):
+        with psycopg.connect(db_url) as fresh:
+            now = fresh.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))")
+            if now.fetchone()[0] == wanted:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"max_wal_size never became {value}")
+
+
+def test_plan_tells_to_raise_max_wal_size_when_the_backfill_would_force_checkpoints(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 5M rows the 1GB default started 34 checkpoints and cost 1.75x the WAL; plan warns."""
+    create_docs(conn, 12_000)
+    space = make_space(model={"dimensions": 2000}, partition_size=5000)
+    code, report, human = run_plan(space, tmp_path, monkeypatch)
+    storage = report["storage"]
+    assert code == 0, human
+    assert storage["max_wal_size_bytes"] == 1024**3  # PostgreSQL's default
+    assert storage["checkpoints_requested"] == 0
+    assert "no checkpoint started by WAL volume" in human
+
+    set_max_wal_size(conn, db_url, "32MB")  # a small server's setting
+    try:
+        code, report, human = run_plan(space, tmp_path, monkeypatch)
+    finally:
+        set_max_wal_size(conn, db_url, None)
+    storage = report["storage"]
+    assert code == 0, human  # advice, not a failed check
+    assert storage["max_wal_size_bytes"] == 32 * 1024**2
+    expected = storage["wal_with_vacuum_bytes"] // (32 * 1024**2)
+    assert storage["checkpoints_requested"] == expected >= 2
+    assert f"~{expected:,} checkpoints" in human and "raise max_wal_size" in human
 
 
 def test_plan_without_pgvector_says_so_and_creates_nothing(

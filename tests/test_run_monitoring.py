@@ -34,8 +34,14 @@ from embedding_assets.config import SpaceConfig
 from embedding_assets.defs.assets import endpoint_pool
 from embedding_assets.defs.partitions import id_range_partitions_name
 
+# A run that `dagster dev` had launched but whose worker had not started yet (STARTING) has
+# no worker to check: only start_timeout_seconds fails it (180 s in dagster.yaml).
 FAST_MONITORING = {
-    "run_monitoring": {"poll_interval_seconds": 3, "free_slots_after_run_end_seconds": 3},
+    "run_monitoring": {
+        "poll_interval_seconds": 3,
+        "free_slots_after_run_end_seconds": 3,
+        "start_timeout_seconds": 30,
+    },
     "run_launcher": {"config": {"unreachable_grace_seconds": 5}},
 }
 
@@ -49,10 +55,16 @@ def slow_endpoint() -> Iterator[FakeEmbeddingsServer]:
 def slow_space(
     conn: psycopg.Connection, instance: DagsterInstance, server: FakeEmbeddingsServer
 ) -> tuple[SpaceConfig, list[str]]:
-    """1,200 rows in 3 partitions, one run each, ~20 requests of 0.25 s per partition."""
+    """1,200 rows in 3 partitions, one run each, ~20 requests of 0.25 s per partition, one
+    at a time: a run embeds for ~5 s, long enough to be killed in the middle."""
     create_docs(conn, 1200)
     space = make_space(
-        model={"provider": "openai", "name": "test-embed", "base_url": server.base_url},
+        model={
+            "provider": "openai",
+            "name": "test-embed",
+            "base_url": server.base_url,
+            "max_concurrent_requests": 1,
+        },
         batch_size=20,
         partitions_per_run=1,
     )

@@ -7,9 +7,11 @@ partitions into runs -> QueuedRunCoordinator -> one subprocess per run.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 from conftest import create_docs, make_space, materialize_target, non_empty_count
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, RunsFilter
 from dagster_dev import (
@@ -18,6 +20,7 @@ from dagster_dev import (
     running_dagster_dev,
     write_spaces_config,
 )
+from openai_server import FakeEmbeddingsServer
 
 from embedding_assets.defs.partitions import id_range_partitions_name
 
@@ -100,13 +103,31 @@ def test_ui_backfill_with_the_index_never_indexes_a_failed_column(
     assert conn.execute("SELECT emb_model_key FROM docs WHERE id = 7").fetchone() == (42,)
 
 
+@pytest.fixture
+def slow_endpoint() -> Iterator[FakeEmbeddingsServer]:
+    with FakeEmbeddingsServer(dims=16, latency=0.3) as server:
+        yield server
+
+
 def test_partition_runs_execute_in_parallel_through_the_daemon(
-    conn: psycopg.Connection, db_url: str, dagster_instance: DagsterInstance, tmp_path: Path
+    conn: psycopg.Connection,
+    db_url: str,
+    dagster_instance: DagsterInstance,
+    tmp_path: Path,
+    slow_endpoint: FakeEmbeddingsServer,
 ) -> None:
     """One run per partition, several at once (queue limit 4, endpoint pool 2), one database:
-    the column ends complete and consistent and the whole-column checks pass."""
+    the column ends complete and consistent and the whole-column checks pass. The endpoint
+    answers after 0.3 s, one request at a time: each run embeds for ~3 s, longer than a run
+    takes to start, so that runs can overlap at all."""
     create_docs(conn, 3000)
-    space = make_space(partition_size=500, partitions_per_run=1, batch_size=100)
+    model = {
+        "provider": "openai",
+        "name": "test-embed",
+        "base_url": slow_endpoint.base_url,
+        "max_concurrent_requests": 1,
+    }
+    space = make_space(model=model, partition_size=500, partitions_per_run=1, batch_size=50)
     materialize_target(space, dagster_instance)
     keys = sorted(dagster_instance.get_dynamic_partitions(id_range_partitions_name(space)))
     assert len(keys) == 6

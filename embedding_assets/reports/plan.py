@@ -393,6 +393,12 @@ def table_bytes(conn: psycopg.Connection, table_oid: int) -> int:
     return int(row[0]) if row else 0
 
 
+def max_wal_size_bytes(conn: psycopg.Connection) -> int:
+    """The server's max_wal_size: how much WAL starts a checkpoint."""
+    row = conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()
+    return int(row[0]) if row else 0
+
+
 def heap_bytes_per_row(conn: psycopg.Connection, table_oid: int, rows: int) -> int:
     row = conn.execute("SELECT pg_relation_size(%s::oid)", (table_oid,)).fetchone()
     return int(row[0]) // rows if row and rows else 0
@@ -569,6 +575,7 @@ def _validate_and_count(
             destination=space.destination,
             storage=space.storage,
             key_bytes={"integer": 8, "uuid": 16}.get(info.key.kind, 24),
+            max_wal_size_bytes=max_wal_size_bytes(conn),
         )
         progress.step("sampling texts to count tokens")
         return sample_texts(conn, space, provenance, key, sample_rows, report.counts.to_embed)

@@ -172,6 +172,16 @@ def render_plan(report: PlanReport) -> RenderableType:
                 _n(s.dead_tuples),
                 "one old row version per UPDATE, until autovacuum (or a VACUUM) reclaims it",
             )
+        checkpoints = s.checkpoints_requested
+        if checkpoints is not None:
+            advice = (
+                f"~{checkpoints:,} checkpoints started by this WAL, each followed by pages"
+                " logged whole again; [yellow]raise max_wal_size to about the WAL with vacuum"
+                " for the backfill[/] (ALTER SYSTEM, then pg_reload_conf())"
+                if checkpoints > 1
+                else "the backfill's WAL fits: no checkpoint started by WAL volume"
+            )
+            work.add_row("max_wal_size", _bytes(s.max_wal_size_bytes), advice)
     if report.index is not None:
         ix = report.index
         work.add_row(
