@@ -171,3 +171,35 @@ def test_reading_a_page_starts_no_parallel_worker(
         page = next(iter_pages(reader, space, key, KeyRange(), 1, 100))
         assert len(page.ids) == 100
         assert "Gather" not in plan()
+
+
+def test_a_page_reads_only_its_own_range_of_a_destination_table(
+    conn: psycopg.Connection, db_url: str, dagster_instance: DagsterInstance
+) -> None:
+    """A backfill's later partitions must not re-read the vectors written before them. At 5M
+    rows the planner chose a merge join that walked the destination's key from its first
+    row on every page (3.5-4.5 s a page at 4.4M rows); here it is made to, on a partition
+    after 3,000 embedded rows, and the destination's side must stay within the page's range."""
+    from embedding_assets.pipeline.backfill import embed_range
+
+    create_docs(conn, 4000)
+    space = make_space(destination="table", partition_size=1000)
+    materialize_target(space, dagster_instance)
+    embed_range(space, build_provider(space.model), KeyRange(None, "3001"))
+    key = inspect_table(conn, space).key
+    later = KeyRange("3001", None)
+    query = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + page_query(space, key, later, False)
+    with psycopg.connect(db_url, autocommit=True) as reader:
+        reader.execute("SET enable_nestloop = off")
+        reader.execute("SET enable_hashjoin = off")
+        plan = reader.execute(query, {"key": 1, "limit": 100, "after": "3500"}).fetchone()[0]
+
+    def nodes(node: dict) -> list[dict]:
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    every = nodes(plan[0]["Plan"])
+    assert any(n["Node Type"] == "Merge Join" for n in every), every
+    (scan,) = [n for n in every if n.get("Alias") == "e"]
+    assert scan["Actual Rows"] == 0, scan  # nothing is stored after key 3500 yet
+    page = next(iter_pages(conn, space, key, later, 1, 100))
+    assert page.ids[0] == 3001 and not any(page.done)

@@ -74,8 +74,9 @@ class Destination(ABC):
         }
 
     @abstractmethod
-    def join(self) -> sql.Composable:
-        """What follows `FROM <table> AS t [text joins]` to reach the vector columns."""
+    def join(self, within: sql.Composable | None = None) -> sql.Composable:
+        """What follows `FROM <table> AS t [text joins]` to reach the vector columns;
+        `within`, a condition on the vectors' key (as `e`), bounds their side of the join."""
 
     @abstractmethod
     def stored(self) -> sql.Composable:
@@ -113,8 +114,8 @@ class ColumnDestination(Destination):
     kind = "column"
     alias = "t"
 
-    def join(self) -> sql.Composable:
-        return sql.SQL("")
+    def join(self, within: sql.Composable | None = None) -> sql.Composable:
+        return sql.SQL("")  # the vectors are in `t`: its own WHERE bounds them
 
     def stored(self) -> sql.Composable:
         return sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(self.space.target_column))
@@ -140,11 +141,12 @@ class TableDestination(Destination):
     kind = "table"
     alias = "e"
 
-    def join(self) -> sql.Composable:
-        return sql.SQL("LEFT JOIN {dst} AS e ON e.{vk} = t.{id}").format(
+    def join(self, within: sql.Composable | None = None) -> sql.Composable:
+        return sql.SQL("LEFT JOIN {dst} AS e ON e.{vk} = t.{id}{within}").format(
             dst=self.relation,
             vk=sql.Identifier(self.space.vector_key_column),
             id=sql.Identifier(self.space.id_column),
+            within=sql.SQL("") if within is None else sql.SQL(" AND ") + within,
         )
 
     def stored(self) -> sql.Composable:

@@ -48,6 +48,7 @@ class SweepWindow:
 
 
 def _partition_query(space: SpaceConfig, key: KeyType, key_range: KeyRange) -> sql.Composed:
+    e_range = range_filter(key.of_column(space.vector_key_column), key_range, "e")
     # MATERIALIZED: each row's text hash is computed once, not once per reference below.
     return sql.SQL(
         """
@@ -73,8 +74,9 @@ def _partition_query(space: SpaceConfig, key: KeyType, key_range: KeyRange) -> s
     ).format(
         in_range=range_filter(key, key_range),
         orphans=destination_of(space).orphans(),
-        e_range=range_filter(key.of_column(space.vector_key_column), key_range, "e"),
-        **space_sql(space),
+        e_range=e_range,
+        # the window's bounds on the destination's side of the join too (see page_query)
+        **{**space_sql(space), "vjoin": destination_of(space).join(e_range)},
     )
 
 

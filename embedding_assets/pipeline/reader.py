@@ -41,12 +41,22 @@ def done_predicate(space: SpaceConfig) -> sql.Composed:
 
 def page_query(space: SpaceConfig, key: KeyType, key_range: KeyRange, first: bool) -> sql.Composed:
     """One page of the range; `first` pages start at its lower bound, the others after the
-    last key read (`%(after)s`). Bounds are literals: one plan per range, index order."""
-    after = (
-        sql.SQL("true")
-        if first
-        else sql.SQL("{} > {}").format(key.expr("t"), key.cast_text(sql.Placeholder("after")))
-    )
+    last key read (`%(after)s`). Bounds are literals: one plan per range, index order.
+
+    A destination table gets the same bounds on its side of the join. PostgreSQL does not
+    carry `t.id >= x` over to `e.id` through `e.id = t.id`, and without them a merge join
+    (which the planner picks once the table is large) scans the destination's key from its
+    first row on every page: at 5M rows, 2.8M index entries and their heap rows read for
+    1,000 rows, a page taking 0.3-2 s instead of 30 ms."""
+
+    def after(alias: str, k: KeyType) -> sql.Composable:
+        if first:
+            return sql.SQL("true")
+        return sql.SQL("{} > {}").format(k.expr(alias), k.cast_text(sql.Placeholder("after")))
+
+    dest = destination_of(space)
+    vkey = key.of_column(space.vector_key_column)
+    within = sql.SQL("{} AND {}").format(range_filter(vkey, key_range, "e"), after("e", vkey))
     return sql.SQL(
         """
         SELECT t.{id}, CASE WHEN d.done THEN NULL ELSE x.txt END, h.h, d.done, {stored}
@@ -62,9 +72,9 @@ def page_query(space: SpaceConfig, key: KeyType, key_range: KeyRange, first: boo
         done=done_predicate(space),
         stored=destination_of(space).stored(),
         in_range=range_filter(key, key_range),
-        after=after,
+        after=after("t", key),
         kx=key.expr("t"),
-        **space_sql(space),
+        **{**space_sql(space), "vjoin": dest.join(within)},
     )
 
 
