@@ -12,7 +12,10 @@ Per N (`--rows 100000,1000000`), on a throwaway embedded PostgreSQL + pgvector s
 4. `dagster dev` (webserver + daemon) and one `launchPartitionBackfill`, the GraphQL
    mutation the UI sends, of every partition of `<name>/embeddings` plus `<name>/hnsw_index`
    and `<name>/registry`. While it runs, a sampler reads the run workers' RSS (psutil, every
-   process whose command line is a Dagster run or step) and the WAL position. When the
+   process whose command line is a Dagster run or step), the WAL position, the machine's
+   disk traffic and iowait, and every process's CPU time, summed by role (run workers,
+   their PostgreSQL backends, autovacuum, checkpointer, ...; printed per 1,000 rows), with
+   a per-run table (polars) of wall time, embedding time and the fixed cost between them. When the
    backfill ends with the index or activation missing (the gate closed), the benchmark says
    so, runs the checks, the index and the registry in process and measures those instead.
 5. After: check scan (`evaluate_column`, timed), the HNSW build's figures from its
