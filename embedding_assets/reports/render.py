@@ -174,13 +174,16 @@ def render_plan(report: PlanReport) -> RenderableType:
             )
         checkpoints = s.checkpoints_requested
         if checkpoints is not None:
-            advice = (
-                f"~{checkpoints:,} checkpoints started by this WAL, each followed by pages"
-                " logged whole again; [yellow]raise max_wal_size to about the WAL with vacuum"
-                " for the backfill[/] (ALTER SYSTEM, then pg_reload_conf())"
-                if checkpoints > 1
-                else "the backfill's WAL fits: no checkpoint started by WAL volume"
-            )
+            if checkpoints > 1:
+                advice = (
+                    f"~{checkpoints:,} checkpoints started by this WAL, each followed by pages"
+                    " logged whole again; [yellow]raise max_wal_size to about the WAL with"
+                    " vacuum for the backfill[/] (ALTER SYSTEM, then pg_reload_conf())"
+                )
+            elif checkpoints == 1:
+                advice = "~1 checkpoint started by this WAL: about what a timed one costs"
+            else:
+                advice = "the backfill's WAL fits: no checkpoint started by WAL volume"
             work.add_row("max_wal_size", _bytes(s.max_wal_size_bytes), advice)
     if report.index is not None:
         ix = report.index
